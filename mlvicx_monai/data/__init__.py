@@ -1,0 +1,1 @@
+"""Data layer: radiograph decoding, dataset adapters, ingestion, manifests and synthetic data."""
