@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -21,6 +22,8 @@ __all__ = [
     "Pseudonymizer",
     "default_secret_path",
     "phi_values",
+    "phi_tokens",
+    "redact",
 ]
 
 #: DICOM keywords whose values identify a patient, a visit or a place (DICOM PS3.15 Annex E basic
@@ -150,3 +153,49 @@ def phi_values(dataset) -> set[str]:
             if "^" in text:
                 values.update(part for part in text.split("^") if len(part) >= 3)
     return {v for v in values if len(v) >= 3}
+
+
+_TOKEN_SPLIT = re.compile(r"[^0-9A-Za-z]+")
+_UID_LIKE = re.compile(r"[0-9]+(?:\.[0-9]+)+")
+_MIN_TOKEN = 3
+
+
+def phi_tokens(values: set[str] | list[str]) -> set[str]:
+    """Normalised tokens of PHI values, for matching them inside paths and messages.
+
+    Dotted numbers (UIDs) are kept whole; everything else is split into upper-cased alphanumeric runs of
+    3+ characters, so a name such as ``DOE^JANE`` is caught as ``DOE_JANE`` or ``Jane Doe`` too.
+    """
+    tokens: set[str] = set()
+    for value in values:
+        text = str(value).strip()
+        if _UID_LIKE.fullmatch(text):
+            tokens.add(text)
+            continue
+        tokens.update(t.upper() for t in _TOKEN_SPLIT.split(text) if len(t) >= _MIN_TOKEN)
+    return tokens
+
+
+def redact(text: str, is_phi_token) -> str:
+    """Replace every PHI token of ``text`` (see :func:`phi_tokens`) by ``[PHI]``.
+
+    Args:
+        text: a path or message.
+        is_phi_token: predicate on a normalised token (e.g. a digest lookup, so that the PHI itself
+            never needs to be stored).
+    """
+
+    def words(segment: str) -> str:
+        parts = re.split(r"([^0-9A-Za-z]+)", segment)
+        return "".join(
+            "[PHI]" if len(p) >= _MIN_TOKEN and p.isalnum() and is_phi_token(p.upper()) else p for p in parts
+        )
+
+    out, last = [], 0
+    for match in _UID_LIKE.finditer(text):
+        out.append(words(text[last : match.start()]))
+        uid = match.group(0)
+        out.append("[PHI]" if is_phi_token(uid) else words(uid))
+        last = match.end()
+    out.append(words(text[last:]))
+    return "".join(out)
