@@ -20,6 +20,9 @@ setup(
         "torch>=2.4",
         "monai[ignite,itk,nibabel,skimage,pydicom,mlflow,tqdm]>=1.5,<1.7",
         "pytorch-ignite>=0.4.11",
+        # the MONAI bundle command line (`python -m monai.bundle run/verify_metadata`) needs these
+        "fire>=0.5",
+        "jsonschema>=4.0",
         # DICOM decoding and the plugins for compressed transfer syntaxes:
         # libjpeg (JPEG baseline/extended/lossless), openjpeg (JPEG 2000), pylibjpeg-rle (RLE), pyjpegls (JPEG-LS).
         "pydicom>=3.0",

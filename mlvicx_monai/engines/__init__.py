@@ -1,1 +1,23 @@
-"""engines."""
+"""Engines: the pretraining iteration, its handlers (guard, monitor, checkpoint, export) and DDP helpers."""
+
+from .checkpoint import CheckpointError, ResumableCheckpoint, read_resume_info
+from .distributed import init_distributed, is_rank0, per_rank_batch, resolve_device
+from .export import EncoderExport
+from .handlers import NonFiniteGuard, NonFiniteLossError, TrainingMonitor
+from .pretrain import PretrainStep, resolve_amp
+
+__all__ = [
+    "CheckpointError",
+    "EncoderExport",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "PretrainStep",
+    "ResumableCheckpoint",
+    "TrainingMonitor",
+    "init_distributed",
+    "is_rank0",
+    "per_rank_batch",
+    "read_resume_info",
+    "resolve_amp",
+    "resolve_device",
+]

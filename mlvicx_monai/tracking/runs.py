@@ -1,0 +1,183 @@
+"""MLflow runs: where they are stored, how they are opened and resumed, and what is recorded with them.
+
+Tracking store, in order of precedence: ``$MLFLOW_TRACKING_URI``, the bundle's ``tracking_uri``, else an
+embedded SQLite store ``./mlruns/mlflow.db`` with artifacts in ``./mlruns/artifacts`` (MLflow 3.13+
+refuses the old file store). Every bundle in the same working directory shares it, so the registry
+sees every run.
+
+Runs are always named and created explicitly. A run is never picked up by name (MONAI's MLFlowHandler
+would append to the latest unfinished run of that name, e.g. a crashed one): a training job that
+resumes from its checkpoint reattaches to the run id stored in that checkpoint, tags it
+``mlvicx.resumed=<n>``, and says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "default_tracking_uri",
+    "resolve_tracking_uri",
+    "get_client",
+    "open_run",
+    "finish_run",
+    "provenance_tags",
+    "flatten_params",
+]
+
+logger = logging.getLogger(__name__)
+
+_TAG_PREFIX = "mlvicx."
+
+
+def default_tracking_uri(root: str | os.PathLike | None = None) -> str:
+    """``sqlite:///<root>/mlruns/mlflow.db`` (root: the working directory)."""
+    base = Path(root or os.getcwd()).resolve() / "mlruns"
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{base / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The store to use: ``$MLFLOW_TRACKING_URI`` > ``tracking_uri`` > :func:`default_tracking_uri`.
+
+    Raises:
+        ValueError: for a plain folder or ``file:`` URI (the file store is refused by MLflow 3.13+).
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (tracking_uri or "").strip() or default_tracking_uri()
+    if uri.startswith("file:") or "://" not in uri:
+        raise ValueError(
+            f"tracking URI {uri!r} names a folder (MLflow file store), which MLflow 3.13+ refuses; use "
+            "sqlite:///path/to/mlflow.db, or http://host:port of an `mlflow server`"
+        )
+    return uri
+
+
+def _artifact_location(uri: str) -> str | None:
+    """For a local SQLite store, artifacts go next to the database; a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def get_client(tracking_uri: str | None = None):
+    """An ``MlflowClient`` on the resolved store (and the global tracking URI set to it)."""
+    import mlflow
+
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri if uri.startswith("sqlite:///") else None)
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another experiment_name")
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(client.tracking_uri))
+    except Exception:  # created concurrently by another process
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def open_run(
+    experiment_name: str,
+    run_name: str,
+    tracking_uri: str | None = None,
+    resume_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> tuple[Any, str]:
+    """Create a named run, or reattach to ``resume_run_id`` (a run this job started and checkpointed).
+
+    Returns:
+        (client, run_id)
+    """
+    if not run_name or not str(run_name).strip():
+        raise ValueError("run_name must be set: unnamed runs make crashed runs easy to confuse")
+    client = get_client(tracking_uri)
+    if resume_run_id:
+        try:
+            run = client.get_run(resume_run_id)
+        except Exception as err:
+            raise ValueError(
+                f"the checkpoint names MLflow run {resume_run_id}, which the store {client.tracking_uri} does not "
+                f"have ({type(err).__name__}); point tracking_uri at the store the run was logged to, or start "
+                "a new output_dir"
+            ) from None
+        count = int(run.data.tags.get(f"{_TAG_PREFIX}resumed", "0")) + 1
+        client.set_tag(resume_run_id, f"{_TAG_PREFIX}resumed", str(count))
+        client.update_run(resume_run_id, status="RUNNING")
+        logger.info("resuming MLflow run %s (%s), resumption #%d", run.info.run_name, resume_run_id, count)
+        return client, resume_run_id
+    experiment_id = _experiment_id(client, experiment_name)
+    run = client.create_run(experiment_id, run_name=str(run_name), tags=dict(tags or {}))
+    logger.info("MLflow run %s (%s) in experiment %s at %s", run_name, run.info.run_id, experiment_name, client.tracking_uri)
+    return client, run.info.run_id
+
+
+def finish_run(client, run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run finished (or FAILED / KILLED)."""
+    client.set_terminated(run_id, status=status)
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance_tags() -> dict[str, str]:
+    """Code version, package versions and hardware of this process (no user or patient data)."""
+    import importlib.metadata as md
+
+    import torch
+
+    tags: dict[str, str] = {}
+    commit = _git("rev-parse", "HEAD")
+    tags[f"{_TAG_PREFIX}git_commit"] = commit or "unknown (not a git checkout)"
+    if commit:
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        tags[f"{_TAG_PREFIX}git_dirty"] = "unknown" if status is None else str(bool(status)).lower()
+    for package in ("mlvicx-monai", "torch", "monai", "pytorch-ignite", "pydicom", "mlflow", "numpy"):
+        try:
+            tags[f"{_TAG_PREFIX}version.{package}"] = md.version(package)
+        except md.PackageNotFoundError:
+            tags[f"{_TAG_PREFIX}version.{package}"] = "not installed"
+    tags[f"{_TAG_PREFIX}python"] = sys.version.split()[0]
+    tags[f"{_TAG_PREFIX}platform"] = platform.platform()
+    tags[f"{_TAG_PREFIX}cpu_count"] = str(os.cpu_count())
+    if torch.cuda.is_available():
+        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
+        tags[f"{_TAG_PREFIX}gpu"] = f"{torch.cuda.device_count()} x {', '.join(names)}"
+        tags[f"{_TAG_PREFIX}cuda"] = str(torch.version.cuda)
+    else:
+        tags[f"{_TAG_PREFIX}gpu"] = "none"
+    return tags
+
+
+def flatten_params(config: dict[str, Any], prefix: str = "", max_len: int = 500) -> dict[str, str]:
+    """Nested config -> flat ``a.b.c`` params as strings (MLflow caps a param value's length)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, prefix=f"{name}.", max_len=max_len))
+        else:
+            text = str(value)
+            flat[name] = text if len(text) <= max_len else text[: max_len - 3] + "..."
+    return flat
