@@ -71,7 +71,9 @@ class TrainingMonitor:
     Per-dimension embedding std is the collapse detector: VICReg's variance term pushes every dimension
     to std >= 1, and a collapsing run shows many dimensions near 0. Logged: mean and min std, and the
     fraction of dimensions below 0.1, for the global (``std/global``) and multi-level (``std/local``)
-    embeddings. ``engine.state.epoch_stats`` gets epoch time and epoch-average throughput and loss.
+    embeddings; and the same for the scale-free ``nstd/*`` (std of L2-normalised embeddings x sqrt(d):
+    ~1 when the embeddings spread over all directions, 0 when they collapse to a point), which a
+    shrinking output scale cannot fake. ``engine.state.epoch_stats`` gets epoch time and epoch-average throughput and loss.
     """
 
     def __init__(self, every: int = 10, optimizer: torch.optim.Optimizer | None = None, log: bool = True) -> None:
@@ -117,7 +119,7 @@ class TrainingMonitor:
         for key, value in output.items():
             if torch.is_tensor(value) and value.ndim == 0 and key != "batch_size":
                 stats[f"train/{key}"] = float(value)  # the one host sync of the interval
-        for key in ("std/global", "std/local"):
+        for key in ("std/global", "std/local", "nstd/global", "nstd/local"):
             if key in output:
                 std = output[key].float()
                 self.last_std[key] = std.detach().cpu()
@@ -133,9 +135,10 @@ class TrainingMonitor:
         engine.state.train_stats = stats
         if self.log:
             logger.info(
-                "epoch %d iter %d loss %.4f  %.1f samples/s  std(global) mean %.3f min %.3f",
+                "epoch %d iter %d loss %.4f  %.1f samples/s  std(global) mean %.3f min %.3f  normalised std x sqrt(d) %.3f",
                 engine.state.epoch, engine.state.iteration, stats.get("train/loss", math.nan),
                 stats["throughput/samples_per_s"], stats.get("std/global_mean", math.nan), stats.get("std/global_min", math.nan),
+                stats.get("nstd/global_mean", math.nan),
             )
 
     def _epoch_completed(self, engine: Engine) -> None:

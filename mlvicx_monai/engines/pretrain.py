@@ -124,9 +124,13 @@ class PretrainStep:
             self.scheduler.step()
         output: dict[str, torch.Tensor] = {k: v.detach() for k, v in terms.items()}
         with torch.no_grad():
-            output["std/global"] = out["z1"].detach().float().std(dim=0)
-            if out.get("m1") is not None:
-                output["std/local"] = out["m1"].detach().float().std(dim=0)
+            for name, key in (("global", "z1"), ("local", "m1")):
+                if out.get(key) is not None:
+                    z = out[key].detach().float()
+                    output[f"std/{name}"] = z.std(dim=0)
+                    # scale-free: std of L2-normalised embeddings x sqrt(d) is ~1 when the batch spreads over
+                    # all directions and 0 when it collapses to one point, whatever the output scale
+                    output[f"nstd/{name}"] = torch.nn.functional.normalize(z, dim=1).std(dim=0) * z.shape[1] ** 0.5
         output["batch_size"] = torch.tensor(view1.shape[0])
         engine.state.output = output
         # MONAI handlers that read the loss wait for this event (SPEC section 6)
