@@ -42,7 +42,7 @@ def prepare_data(
     dataset: str,
     data_dir: str | os.PathLike,
     layout: str = "nih",
-    n_images: int = 400,
+    n_images: int = 320,
     seed: int = 0,
     raw_size: int = 512,
     cache_size: int = 256,

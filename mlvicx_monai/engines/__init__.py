@@ -4,7 +4,7 @@ from .checkpoint import CheckpointError, ResumableCheckpoint, read_resume_info
 from .distributed import init_distributed, is_rank0, per_rank_batch, resolve_device
 from .export import EncoderExport
 from .handlers import NonFiniteGuard, NonFiniteLossError, TrainingMonitor
-from .pretrain import PretrainStep, resolve_amp
+from .pretrain import PretrainStep, resolve_amp, schedule_steps
 
 __all__ = [
     "CheckpointError",
@@ -20,4 +20,5 @@ __all__ = [
     "read_resume_info",
     "resolve_amp",
     "resolve_device",
+    "schedule_steps",
 ]

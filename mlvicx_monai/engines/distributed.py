@@ -7,7 +7,17 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "cleanup_distributed", "is_distributed", "rank", "world_size", "is_rank0", "resolve_device", "per_rank_batch"]
+__all__ = [
+    "init_distributed",
+    "cleanup_distributed",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_rank0",
+    "resolve_device",
+    "per_rank_batch",
+    "wrap_ddp",
+]
 
 
 def is_distributed() -> bool:
@@ -71,3 +81,31 @@ def per_rank_batch(global_batch: int) -> int:
     if global_batch % world:
         raise ValueError(f"batch_size {global_batch} is not divisible by the {world} processes; choose a multiple of {world}")
     return global_batch // world
+
+
+def wrap_ddp(
+    network: torch.nn.Module,
+    device: torch.device,
+    sync_bn: bool = False,
+    channels_last: bool = False,
+    find_unused_parameters: bool = False,
+) -> torch.nn.Module:
+    """Move ``network`` to this rank's device and wrap it in DistributedDataParallel.
+
+    Args:
+        sync_bn: convert BatchNorm to SyncBatchNorm (batch statistics over all ranks; CUDA only).
+        channels_last: NHWC weights (use with channels-last inputs).
+        find_unused_parameters: needed when a head is unused (loss_terms ``global``/``local``).
+    """
+    if not is_distributed():
+        raise RuntimeError("wrap_ddp needs an initialised process group (init_distributed)")
+    if sync_bn:
+        if device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU implementation); use sync_bn=false")
+        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    network = network.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return torch.nn.parallel.DistributedDataParallel(
+        network,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+    )

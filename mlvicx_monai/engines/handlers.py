@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from mlvicx_monai.engines.distributed import world_size
+from mlvicx_monai.engines.distributed import is_rank0, world_size
 
 __all__ = ["NonFiniteLossError", "NonFiniteGuard", "TrainingMonitor"]
 
@@ -81,7 +81,7 @@ class TrainingMonitor:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every = every
         self.optimizer = optimizer
-        self.log = log
+        self.log = log and is_rank0()
         self._t_interval = 0.0
         self._t_epoch = 0.0
         self._samples_interval = 0

@@ -13,7 +13,23 @@ from typing import Any
 import torch
 from monai.engines.utils import IterationEvents
 
-__all__ = ["PretrainStep", "resolve_amp"]
+__all__ = ["PretrainStep", "resolve_amp", "schedule_steps"]
+
+
+def schedule_steps(epochs: int, warmup_epochs: float, steps_per_epoch: int) -> tuple[int, int]:
+    """(warm-up steps, total steps) of a run, checked in the bundle's own terms."""
+    if steps_per_epoch < 1:
+        raise ValueError(
+            "the training data gives no full batch (steps_per_epoch = 0): use a smaller batch_size or more images"
+        )
+    if epochs < 1 or warmup_epochs < 0:
+        raise ValueError(f"epochs must be >= 1 and warmup_epochs >= 0, got {epochs} and {warmup_epochs}")
+    if warmup_epochs >= epochs:
+        raise ValueError(
+            f"warmup_epochs ({warmup_epochs}) must be smaller than epochs ({epochs}); "
+            "for a short run pass e.g. --warmup_epochs 0"
+        )
+    return int(round(warmup_epochs * steps_per_epoch)), int(epochs * steps_per_epoch)
 
 
 def resolve_amp(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
