@@ -15,13 +15,13 @@ entry; fractions are nested by construction), and where the dataset has them ``m
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from mlvicx_monai.utils.atomic import atomic_write_json
+from mlvicx_monai.utils.hashing import sha256_file
 
 __all__ = [
     "FORMAT",
@@ -92,7 +92,7 @@ def read_datalist(path: str | Path) -> dict[str, Any]:
 
 def datalist_checksum(path: str | Path) -> str:
     """SHA-256 of the datalist file (recorded with every run that trains on it)."""
-    return hashlib.sha256(_resolve(path).read_bytes()).hexdigest()
+    return sha256_file(_resolve(path))
 
 
 def datalist_id(path: str | Path) -> str:

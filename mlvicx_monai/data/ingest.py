@@ -50,6 +50,7 @@ from mlvicx_monai.data.pacs import PacsFilter, check_header, identifiers, is_dic
 from mlvicx_monai.data.images import load_image
 from mlvicx_monai.data.rle import RLEError, rle_merge
 from mlvicx_monai.utils.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
+from mlvicx_monai.utils.hashing import sha256_file
 
 __all__ = ["DATASETS", "IngestConfig", "IngestError", "ingest"]
 
@@ -182,14 +183,6 @@ def _record_path(out: Path, key: str) -> Path:
     return out / _STATE / "records" / key[:2] / f"{key}.json"
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _process(task: tuple[str, str, str | None, list[str] | None]) -> tuple[str, str]:
     """Process one file; returns (status, code). The record on disk is the real result."""
     key, rel, image_id, rles = task
@@ -208,7 +201,7 @@ def _process(task: tuple[str, str, str | None, list[str] | None]) -> tuple[str, 
             rejection = check_header(ds, _WORKER["policy"])
             if rejection is not None:
                 raise _Rejected(rejection.code, rejection.reason)
-            patient, study, instance = identifiers(ds, fallback=f"sha256:{_file_digest(path)}")
+            patient, study, instance = identifiers(ds, fallback=f"sha256:{sha256_file(path)}")
             image_id = pseudo.pseudonym(instance, kind="image", length=20)
             record.update(patient=pseudo.pseudonym(patient, "patient"), study=pseudo.pseudonym(study, "study"))
             image, meta = decode_cxr(ds, path)

@@ -33,6 +33,7 @@ import pandas as pd
 
 from mlvicx_monai.data import splits as _splits
 from mlvicx_monai.data.datasets import get_adapter
+from mlvicx_monai.utils.hashing import sha256_file
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -120,15 +121,6 @@ def default_root() -> Path:
         return Path(env)
     repo = Path(__file__).resolve().parents[2] / "data_manifests"
     return repo if repo.is_dir() else Path.cwd() / "data_manifests"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _digit_strings(rows: Sequence[Sequence[int]], what: str) -> list[str]:
