@@ -66,14 +66,15 @@ def _artifact_location(uri: str) -> str | None:
 
 
 def get_client(tracking_uri: str | None = None):
-    """An ``MlflowClient`` on the resolved store (and the global tracking URI set to it)."""
+    """An ``MlflowClient`` on the resolved store; the model registry lives in the same store.
+
+    The process-wide ``mlflow.set_tracking_uri`` is deliberately not called: in MLflow 3 it also sets
+    ``MLFLOW_TRACKING_URI`` in the environment, which would silently redirect every later run of the process.
+    """
     import mlflow
 
     uri = resolve_tracking_uri(tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        mlflow.set_registry_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri if uri.startswith("sqlite:///") else None)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _experiment_id(client, name: str) -> str:

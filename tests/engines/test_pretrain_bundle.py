@@ -81,6 +81,11 @@ def test_demo_run_exports_encoder_checkpoint_and_mlflow_run(demo_dir, tmp_path):
     assert {"encoder.pt", "embedding_std.json", "config"} <= artifacts
     std = json.loads((out / "embedding_std.json").read_text())
     assert len(std["std/global"]) == 256 and len(std["nstd/local"]) == 256
+    versions = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name='mlvicx-encoder'")
+    assert len(versions) == 1 and versions[0].run_id == run.info.run_id
+    tags = versions[0].tags
+    assert tags["mlvicx.kind"] == "encoder" and tags["mlvicx.datalist_id"].startswith("nih@")
+    assert len(tags["mlvicx.datalist_checksum"]) == 64 and "mlvicx.metric.epoch/loss" in tags
 
 
 def test_sigkill_mid_epoch_then_rerun_resumes_the_same_run(demo_dir, tmp_path):
@@ -116,6 +121,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes_the_same_run(demo_dir, tmp_path):
     runs = mlflow.MlflowClient(tracking_uri=uri).search_runs([experiment.experiment_id])
     assert len(runs) == 1, "the resumed job must continue its own run, not start another"
     load_encoder(out / "encoder.pt")
+    versions = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name='mlvicx-encoder'")
+    assert len(versions) == 1  # registered once, at the end of the resumed run
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
