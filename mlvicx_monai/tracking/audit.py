@@ -49,6 +49,10 @@ class PhiHit:
         return f"{self.where}: {self.location}: {self.value!r} in ...{self.context}..."
 
 
+#: shortest value searched for in binary content (see :class:`_Matcher`)
+MIN_BINARY_LENGTH = 6
+
+
 class _Matcher:
     def __init__(self, values: Iterable[str]) -> None:
         cleaned = sorted({str(v).strip() for v in values if v is not None and str(v).strip()}, key=len, reverse=True)
@@ -58,7 +62,9 @@ class _Matcher:
         self._by_fold = {v.casefold(): v for v in cleaned}
         alternation = "|".join(re.escape(v) for v in cleaned)
         self._text = re.compile(rf"(?<![^\W_])(?:{alternation})(?![^\W_])", re.IGNORECASE)
-        self._bytes = [(v, v.encode("utf-8")) for v in cleaned]
+        # binary content (weights, images) is searched for exact bytes of values of MIN_BINARY_LENGTH or more:
+        # a 3-byte string occurs by chance about 2.7 times in 45 MB of random bytes (a ResNet18's weights)
+        self._bytes = [(v, v.encode("utf-8")) for v in cleaned if len(v.encode("utf-8")) >= MIN_BINARY_LENGTH]
 
     def text(self, text: str) -> Iterator[tuple[str, str]]:
         for match in self._text.finditer(text):
