@@ -41,6 +41,8 @@ def _measure_step(method: str, args: argparse.Namespace) -> dict:
     from mlvicx_monai.networks import build_model
     from mlvicx_monai.optim import LARS, lars_param_groups
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = resolve_amp(args.amp, device)
     torch.manual_seed(0)
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per model (median kept)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads of the step (0: torch's default)")
     parser.add_argument("--num-workers", type=int, default=2, help="data loader processes")
     parser.add_argument("--loader-batches", type=int, default=30)
     parser.add_argument("--dataset", default="demo")
@@ -162,23 +166,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    # alternate the two models over several rounds and keep the median: on a shared machine the load drifts,
+    # and measuring one model after the other would charge the drift to one of them
+    rounds: dict[str, list[dict]] = {"vicreg": [], "mlvicx": []}
+    for _ in range(args.rounds):
+        for method in ("vicreg", "mlvicx"):
+            proc = subprocess.run(
+                [sys.executable, "-m", "pipelines.benchmarks.pretrain_speed", *passthrough, "--_measure", method],
+                capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+            )
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                return proc.returncode
+            rounds[method].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     results = {}
-    for method in ("vicreg", "mlvicx"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipelines.benchmarks.pretrain_speed", *passthrough, "--_measure", method],
-            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
-        )
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
-            return proc.returncode
-        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for method, runs in rounds.items():
+        median = sorted(runs, key=lambda r: r["samples_per_s"])[len(runs) // 2]
+        results[method] = {**median, "all_samples_per_s": [round(r["samples_per_s"], 2) for r in runs]}
     loader = _measure_loader(args)
 
     vicreg, mlvicx = results["vicreg"], results["mlvicx"]
     print(f"device: {mlvicx['device']}  amp: {mlvicx['amp']}  threads: {mlvicx['threads']}  "
           f"batch {args.batch_size} x {args.image_size}x{args.image_size}, channels_last={args.channels_last}")
     for r in (vicreg, mlvicx):
-        print(f"  {r['method']:>7} step: {r['step_s'] * 1000:8.1f} ms  {r['samples_per_s']:8.1f} samples/s  peak memory {r['memory']}")
+        print(f"  {r['method']:>7} step: {r['step_s'] * 1000:8.1f} ms  {r['samples_per_s']:8.1f} samples/s (median of "
+              f"{r['all_samples_per_s']})  peak memory {r['memory']}")
     ratio = vicreg["samples_per_s"] / mlvicx["samples_per_s"]
     print(f"  MLVICX / VICReg cost per step: {ratio:.2f}x (goal <= 1.3x)")
     print(f"  data loader alone ({loader['num_workers']} workers, {loader['images_cached']} cached images): "
