@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,15 @@ import torch
 from mlvicx_monai.networks.encoder import MLVICXEncoder
 from mlvicx_monai.utils.atomic import atomic_write
 
-__all__ = ["ENCODER_FORMAT", "PretrainedEncoderError", "encoder_config", "save_encoder", "load_encoder", "build_encoder"]
+__all__ = [
+    "ENCODER_FORMAT",
+    "PretrainedEncoderError",
+    "build_encoder",
+    "encoder_config",
+    "load_encoder",
+    "save_encoder",
+    "state_dict_problems",
+]
 
 ENCODER_FORMAT = "mlvicx-encoder/1"
 
@@ -67,6 +76,25 @@ def _describe(keys: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def state_dict_problems(expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[str]:
+    """What stops ``weights`` from loading strictly where ``expected`` (a ``state_dict()``) is: missing, unexpected
+    and mis-shaped keys, each named (PyTorch's own error stops at the first kind of problem). Empty: it fits."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(weights) if tuple(expected[k].shape) != tuple(weights[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s): {_describe(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s): {_describe(unexpected)}")
+    if mismatched:
+        problems.append(
+            "shape mismatch: "
+            + _describe([f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched])
+        )
+    return problems
+
+
 def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[MLVICXEncoder, dict[str, Any]]:
     """Rebuild the encoder saved at ``path`` and load its weights strictly.
 
@@ -95,21 +123,8 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
         encoder = build_encoder(state["config"])
     except (TypeError, ValueError) as err:
         raise PretrainedEncoderError(f"{file} declares an invalid encoder configuration {state['config']}: {err}") from None
-    expected = encoder.state_dict()
     weights = state["state_dict"]
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(weights) if tuple(expected[k].shape) != tuple(weights[k].shape))
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s): {_describe(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s): {_describe(unexpected)}")
-    if mismatched:
-        problems.append(
-            "shape mismatch: "
-            + _describe([f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched])
-        )
+    problems = state_dict_problems(encoder.state_dict(), weights)
     if problems:
         raise PretrainedEncoderError(f"{file} does not fit an encoder of config {state['config']}: " + "; ".join(problems))
     encoder.load_state_dict(weights, strict=True)

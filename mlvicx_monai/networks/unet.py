@@ -31,7 +31,7 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
 from mlvicx_monai.networks.classifier import EncoderSource, FrozenEncoderMixin, resolve_encoder
 from mlvicx_monai.networks.encoder import LEVEL_CHANNELS, LEVELS, MLVICXEncoder
-from mlvicx_monai.networks.pretrained import PretrainedEncoderError, encoder_config
+from mlvicx_monai.networks.pretrained import PretrainedEncoderError, encoder_config, state_dict_problems
 
 __all__ = [
     "MLVICX_BACKBONE",
@@ -188,10 +188,6 @@ def register_mlvicx_backbone(config: Mapping[str, Any] | None = None) -> str:
     return name
 
 
-def _describe(keys: list[str], limit: int = 5) -> str:
-    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 class MLVICXUNet(FrozenEncoderMixin, FlexibleUNet):
     """MONAI ``FlexibleUNet`` with the MLVICX encoder as backbone (``self.encoder``: :class:`MLVICXFlexEncoder`).
 
@@ -256,22 +252,7 @@ class MLVICXUNet(FrozenEncoderMixin, FlexibleUNet):
             PretrainedEncoderError: a missing, unexpected or mis-shaped key (named in the message).
         """
         weights = source.state_dict() if isinstance(source, torch.nn.Module) else dict(source)
-        expected = self.encoder.state_dict()
-        missing = sorted(set(expected) - set(weights))
-        unexpected = sorted(set(weights) - set(expected))
-        mismatched = sorted(
-            k for k in set(expected) & set(weights) if tuple(expected[k].shape) != tuple(weights[k].shape)
-        )
-        problems = []
-        if missing:
-            problems.append(f"missing {len(missing)} key(s): {_describe(missing)}")
-        if unexpected:
-            problems.append(f"unexpected {len(unexpected)} key(s): {_describe(unexpected)}")
-        if mismatched:
-            problems.append(
-                "shape mismatch: "
-                + _describe([f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched])
-            )
+        problems = state_dict_problems(self.encoder.state_dict(), weights)
         if problems:
             raise PretrainedEncoderError(
                 f"encoder weights do not fit the U-Net backbone {self.backbone!r}: " + "; ".join(problems)

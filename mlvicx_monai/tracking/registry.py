@@ -57,8 +57,8 @@ from mlvicx_monai.tracking.pyfunc import (
     unwrap_model,
 )
 from mlvicx_monai.tracking.runs import resolve_tracking_uri
-from mlvicx_monai.utils.hashing import sha256_file
 from mlvicx_monai.utils.atomic import atomic_write_json
+from mlvicx_monai.utils.hashing import sha256_file
 
 __all__ = [
     "ENCODER_MODEL",
@@ -69,9 +69,11 @@ __all__ = [
     "ServerUnreachableError",
     "check_server",
     "classifier_model_name",
+    "segmenter_model_name",
     "delete_alias",
     "describe_version",
     "download_encoder",
+    "download_model",
     "encoder_lineage",
     "list_models",
     "load_model",
@@ -112,12 +114,23 @@ class ServerUnreachableError(RegistryError, ConnectionError):
     """The MLflow tracking server does not answer."""
 
 
-def classifier_model_name(dataset: str) -> str:
-    """``cxr-classifier-<dataset>`` (e.g. ``cxr-classifier-nih``)."""
+def _dataset_name(dataset: str) -> str:
     dataset = str(dataset).strip().lower()
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", dataset):
         raise ValueError(f"invalid dataset name for a registered model: {dataset!r}")
-    return f"cxr-classifier-{dataset}"
+    return dataset
+
+
+def classifier_model_name(dataset: str) -> str:
+    """``cxr-classifier-<dataset>`` (e.g. ``cxr-classifier-nih``, ``cxr-classifier-demo``)."""
+    return f"cxr-classifier-{_dataset_name(dataset)}"
+
+
+def segmenter_model_name(dataset: str) -> str:
+    """``pneumothorax-segmenter`` for SIIM-ACR; ``pneumothorax-segmenter-<dataset>`` otherwise (the synthetic
+    demo registers as ``pneumothorax-segmenter-demo``, never under the production name)."""
+    dataset = _dataset_name(dataset)
+    return SEGMENTER_MODEL if dataset == "siim" else f"{SEGMENTER_MODEL}-{dataset}"
 
 
 # ---------------------------------------------------------------------------------------------- store access
@@ -363,7 +376,9 @@ def _cache_key(resolved: ResolvedModel, tracking_uri: str) -> str:
 
 def _download(artifact_uri: str, artifact_path: str | None, dst: Path, store_uri: str) -> Path:
     from mlflow.exceptions import MlflowException
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.artifact_repository_registry import (
+        get_artifact_repository,
+    )
 
     dst.mkdir(parents=True, exist_ok=True)
     try:
@@ -469,6 +484,28 @@ def download_encoder(
     path, kind = _fetch_weights(resolved, cache_dir, tracking_uri)
     if kind != "encoder":
         raise RegistryError(f"{resolved.uri} holds a {kind}, not a pretrained encoder")
+    return path
+
+
+def download_model(
+    uri_or_path: str | os.PathLike, tracking_uri: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """A local ``weights.pt`` (the bundles' ``model.pt`` format, loads with
+    :func:`~mlvicx_monai.networks.downstream_io.load_downstream`) of a registered classifier or segmenter.
+
+    Cached and checked as :func:`download_encoder`. A local path is returned as is.
+
+    Raises:
+        RegistryError: the URI names an encoder (or anything but a classifier/segmenter).
+        ModelNotFoundError, ServerUnreachableError: as :func:`resolve_model`.
+    """
+    resolved = resolve_model(uri_or_path, tracking_uri)
+    path, kind = _fetch_weights(resolved, cache_dir, tracking_uri)
+    if kind not in ("classifier", "segmenter"):
+        raise RegistryError(
+            f"{resolved.uri} holds a {kind}, not a trained classifier or segmenter; deploy a version of "
+            f"cxr-classifier-<dataset> or {SEGMENTER_MODEL!r} (e.g. models:/cxr-classifier-nih@champion)"
+        )
     return path
 
 
@@ -618,6 +655,7 @@ def log_and_register(
     datalist_id: str | None = None,
     datalist_checksum: str | None = None,
     encoder_source: str | os.PathLike | Mapping[str, Any] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
     description: str | None = None,
     alias: str | None = None,
     tracking_uri: str | None = None,
@@ -637,6 +675,8 @@ def log_and_register(
         datalist: the datalist the model was trained on (id and SHA-256 are computed), or give
             ``datalist_id`` / ``datalist_checksum`` directly.
         encoder_source: the pretrained encoder of a downstream model (see :func:`encoder_lineage`).
+        preprocessing: downstream models: ``{class_names, image_size, normalization[, threshold, source_size]}`` (what
+            ``bundles/infer.json`` needs to deploy the version; see :func:`~mlvicx_monai.tracking.pyfunc.save_weights`).
         description: version description. alias: set this alias on the new version (e.g. ``"candidate"``).
         tracking_uri: store (``$MLFLOW_TRACKING_URI`` wins; else the TrackedRun's, else the default).
 
@@ -691,7 +731,8 @@ def log_and_register(
 
     with tempfile.TemporaryDirectory(prefix="mlvicx-register-") as tmp:
         weights = save_weights(module, kind, Path(tmp) / WEIGHTS_FILES[kind],
-                               provenance={"mlflow_run_id": run_id, "registered_model": name})
+                               provenance={"mlflow_run_id": run_id, "registered_model": name},
+                               preprocessing=preprocessing if kind != "encoder" else None)
         version_tags[_SHA_TAG] = sha256_file(weights)
         existing = _same_version(client, name, run_id, version_tags[_SHA_TAG])
         if existing is not None:  # e.g. a finished job rerun: the same weights are registered once
@@ -716,7 +757,7 @@ def log_and_register(
                 run_id=run_id, model_id=logged.model_id,
                 python_model=str(_PYFUNC_CODE), artifacts=artifacts,
                 signature=_signature(module, kind, shape[1]), input_example=np.zeros(shape, dtype=np.float32),
-                pip_requirements=_requirements(), model_config={"device": "cpu"},
+                pip_requirements=_requirements(), model_config={"torch_device": "cpu"},
                 metadata={"mlvicx_kind": kind, "mlvicx_format": version_tags[f"{_PREFIX}format"]},
             )
     try:

@@ -7,13 +7,22 @@ killed process left behind.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "atomic_write_bytes", "atomic_write_json", "remove_stale_temporaries"]
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_json",
+    "remove_stale_temporaries",
+]
 
 TMP_SUFFIX = ".partial"
 
@@ -55,6 +64,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, fsync: bool = False, in
     """Atomically write ``obj`` as JSON (UTF-8, keys in insertion order, newline at the end)."""
     text = json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), fsync=fsync)
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, rows: Iterable[Mapping[str, Any] | Sequence[Any]], header: Sequence[str] | None = None
+) -> Path:
+    """Atomically write a UTF-8 CSV (``\n`` line ends). ``rows`` are mappings (columns: ``header``, else every key
+    in first-seen order) or sequences (``header`` is then the first line, if given)."""
+    rows = list(rows)
+    buffer = io.StringIO()
+    if rows and isinstance(rows[0], Mapping) or (not rows and header is None):
+        columns = list(header or [])
+        if header is None:
+            for row in rows:
+                columns.extend(k for k in row if k not in columns)
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        plain = csv.writer(buffer, lineterminator="\n")
+        if header is not None:
+            plain.writerow(header)
+        plain.writerows(rows)
+    text = buffer.getvalue()
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

@@ -1,0 +1,216 @@
+"""Classification transfer (``bundles/classify.json``): data items, the frozen-protocol feature cache, and the
+final test report (``results.json``, ``test_predictions.csv``, ``model.pt``, MLflow metrics).
+
+Protocols (SPEC section 3):
+
+- ``finetune``: the whole :class:`~mlvicx_monai.networks.CXRClassifier` trains on images.
+- ``frozen`` (linear probe): the encoder is frozen (eval mode, no gradients). Without augmentation the pooled
+  512-d feature of an image is a fixed function of the image, so :func:`encode_features` computes it once per
+  image and the linear head trains on the cached features. This is exact -- the head sees the very values it
+  would see through ``classifier(x)`` in eval mode -- and turns each epoch into a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import DataLoader, Dataset
+
+from mlvicx_monai.data.datalist import DatalistError, load_datalist, read_datalist
+from mlvicx_monai.engines.downstream import DownstreamReport, check_protocol
+from mlvicx_monai.engines.evaluation import predict
+from mlvicx_monai.metrics import classification_report
+from mlvicx_monai.networks.classifier import CXRClassifier
+from mlvicx_monai.networks.encoder import MLVICXEncoder
+from mlvicx_monai.utils.atomic import atomic_write_csv
+
+__all__ = [
+    "CLASSIFY_DATASETS",
+    "ClassificationReport",
+    "classification_items",
+    "encode_features",
+    "protocol_data",
+    "select_classes",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``demo``: the synthetic NIH-layout data (generated on first use).
+CLASSIFY_DATASETS = ("demo", "nih", "vindr", "rsna")
+
+
+def select_classes(datalist_path: str | os.PathLike, classes: str | Sequence[str] = "all") -> list[str]:
+    """The class names to train on: every class of the datalist (``"all"``) or the given subset, in the order given.
+
+    Raises:
+        DatalistError: a requested class is not in the datalist (the message lists those that are).
+    """
+    available = list(read_datalist(datalist_path).get("class_names") or [])
+    if not available:
+        raise DatalistError(f"{datalist_path} declares no class_names: it is not a labelled classification datalist")
+    if isinstance(classes, str):
+        if classes != "all":
+            raise ValueError(f"classes must be 'all' or a list of class names, got {classes!r}")
+        return available
+    chosen = [str(c) for c in classes]
+    unknown = [c for c in chosen if c not in available]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise DatalistError(
+            f"classes {chosen} are not distinct names of {datalist_path}'s classes"
+            + (f" (unknown: {unknown})" if unknown else "")
+            + f"; choose from {available}"
+        )
+    return chosen
+
+
+def classification_items(
+    datalist_path: str | os.PathLike,
+    split: str,
+    class_names: Sequence[str],
+    fraction: float | None = None,
+    check_defined: bool = False,
+) -> list[dict[str, Any]]:
+    """Items ``{"image": path, "label": float32 [C], "id": str}`` of one split, labels restricted to ``class_names``.
+
+    Args:
+        datalist_path: the ingestion's ``manifest.json``.
+        split: ``train``, ``val`` or ``test``.
+        class_names: the classes to keep (a subset of the datalist's, see :func:`select_classes`).
+        fraction: label fraction of the training split (0.01, 0.1, 0.3, 1.0), ``None`` for all.
+        check_defined: require at least one class with a positive and a negative image (the validation
+            split of early stopping; otherwise its mean AUC would be undefined).
+    """
+    names = list(read_datalist(datalist_path)["class_names"])
+    index = [names.index(c) for c in class_names]
+    entries = load_datalist(datalist_path, split, fraction=fraction if split == "train" else None, require_labels=True)
+    items = []
+    for entry in entries:
+        label = np.asarray(entry["label"], dtype=np.float32)
+        if label.shape != (len(names),):
+            raise DatalistError(f"{datalist_path}: entry {entry['id']} has {label.size} labels for {len(names)} classes")
+        items.append({"image": entry["image"], "label": label[index], "id": str(entry["id"])})
+    if check_defined:
+        labels = np.stack([i["label"] for i in items])
+        positives = labels.sum(axis=0)
+        if not ((positives > 0) & (positives < len(items))).any():
+            raise DatalistError(
+                f"{datalist_path}: the {split} split ({len(items)} images) has no class with both a positive and a "
+                f"negative image among {list(class_names)}, so its mean AUC (the early-stopping criterion) is undefined"
+            )
+    return items
+
+
+@torch.no_grad()
+def encode_features(
+    encoder: MLVICXEncoder, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0
+) -> list[dict[str, Any]]:
+    """The pooled encoder feature of every item, computed once with the encoder in eval mode.
+
+    Args:
+        encoder: the (frozen) encoder; its train/eval mode is restored afterwards, its weights and buffers
+            are not touched (eval mode: BatchNorm uses and keeps its running statistics).
+        dataset: items with ``image`` ``[1, S, S]`` (preprocessed as for the classifier), ``label`` and ``id``.
+
+    Returns:
+        Items ``{"image": feature float32 [512], "label", "id"}``: for the linear head, ``image`` is the feature.
+    """
+    device = torch.device(device)
+    was_training = encoder.training
+    encoder.eval()
+    out: list[dict[str, Any]] = []
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        for batch in loader:
+            x = batch["image"]
+            x = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(device)
+            features = encoder(x).pooled.float().cpu()
+            for k in range(features.shape[0]):
+                label = batch["label"][k]
+                out.append({"image": features[k].clone(), "label": label.as_tensor() if hasattr(label, "as_tensor") else label,
+                            "id": batch["id"][k]})
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+def protocol_data(
+    protocol: str,
+    dataset: Dataset,
+    classifier: CXRClassifier,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    augment: bool = False,
+) -> Dataset:
+    """What the trained network consumes: ``dataset`` itself (finetune) or its cached encoder features (frozen).
+
+    Raises:
+        ValueError: ``augment`` with the frozen protocol (cached features cannot be augmented).
+    """
+    check_protocol(protocol)
+    if protocol == "finetune":
+        return dataset
+    if augment:
+        raise ValueError(
+            "the frozen protocol caches one encoder feature per image, so training augmentation cannot apply; "
+            "use --augment false (or auto) with --protocol frozen"
+        )
+    if not classifier.freeze_encoder:
+        raise ValueError("the frozen protocol needs a classifier built with freeze_encoder=True")
+    logger.info("frozen protocol: caching the encoder features of %d images", len(dataset))
+    return Dataset(encode_features(classifier.encoder, dataset, batch_size, device, num_workers))
+
+
+def _write_predictions(path: Path, ids: list[str], class_names: Sequence[str], y: np.ndarray, p: np.ndarray) -> None:
+    header = ["id", *[f"label:{c}" for c in class_names], *[f"prob:{c}" for c in class_names]]
+    rows = [[ident, *[int(v) for v in y[i]], *[f"{v:.8g}" for v in p[i]]] for i, ident in enumerate(ids)]
+    atomic_write_csv(path, rows, header=header)
+
+
+class ClassificationReport(DownstreamReport):
+    """:class:`~mlvicx_monai.engines.downstream.DownstreamReport` of classification: the test evaluation writes
+
+    - ``output_dir/test_predictions.csv``: ``id``, ``label:<class>``, ``prob:<class>`` (sigmoid) per test image;
+    - ``results.json["test"]`` = :func:`~mlvicx_monai.metrics.classification_report` (per-class AUC, mean AUC with
+      bootstrap 95% CI, n positive/negative per class, excluded classes, accuracy for a single binary class);
+    - MLflow metrics ``test/mean_auc``, ``test/mean_auc_ci_low``/``_high``, ``test/auc/<class>``, ``test/accuracy``.
+
+    Args (besides the base class's; ``network`` is the full classifier, saved to model.pt):
+        test_network: the module that maps a test batch to logits (the classifier, or its head for the frozen
+            protocol's cached features).
+        n_boot: bootstrap resamples of the confidence interval of the mean AUC.
+    """
+
+    task = "classification"
+
+    def __init__(self, *args: Any, test_network: torch.nn.Module, n_boot: int = 1000, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.test_network = test_network
+        self.n_boot = int(n_boot)
+
+    def evaluate(self) -> tuple[dict[str, Any], dict[str, float]]:
+        ids, y, p = predict(self.test_network, self.test_loader, self.device, transform=torch.sigmoid)
+        seed = int(self.provenance.get("seed", 0) or 0)
+        report = classification_report(y, p, self.class_names, n_boot=self.n_boot, seed=seed, threshold=self.threshold)
+        _write_predictions(self.output_dir / "test_predictions.csv", ids, self.class_names, y, p)
+        metrics: dict[str, float] = {"test/mean_auc": report["mean_auc"]}
+        if report.get("auc_ci"):
+            metrics["test/mean_auc_ci_low"], metrics["test/mean_auc_ci_high"] = report["auc_ci"]
+        for name, value in report["per_class_auc"].items():
+            metrics[f"test/auc/{name}"] = value
+        if "accuracy" in report:
+            metrics["test/accuracy"] = report["accuracy"]
+        if self.run is not None:
+            self.run.set_tags({"mlvicx.excluded_classes": ",".join(report["excluded_classes"]) or "none"})
+        logger.info(
+            "test: mean AUC %s (95%% CI %s) over %d classes; excluded (undefined AUC): %s; results in %s",
+            report["mean_auc"], report["auc_ci"], len(self.class_names) - len(report["excluded_classes"]),
+            report["excluded_classes"] or "none", self.output_dir / "results.json",
+        )
+        return report, {k: v for k, v in metrics.items() if v is not None}
