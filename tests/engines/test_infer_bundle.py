@@ -68,6 +68,9 @@ def test_infer_bundle_writes_deidentified_predictions_heatmaps_and_errors(export
     by_code = {r["code"] for r in errors}
     assert {"dicomdir", "truncated", "modality", "body_part", "duplicate"} <= by_code
     assert all(r["reason"] and len(r["file_key"]) == 17 for r in errors)
+    filtered = [r for r in errors if r["code"] in ("view", "modality", "body_part")]
+    assert filtered and all(r["reason"].endswith("(pass --filter_headers false to run the model on it anyway)")
+                            and "--body-parts" not in r["reason"] for r in filtered)  # infer's option, not ingest's
     # two heat maps (top 2 findings) per image, named by pseudonym and class only
     heatmaps = sorted((out / "heatmaps").iterdir())
     assert len(heatmaps) == 2 * len(predictions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -66,17 +67,16 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real ``mlflow server`` on 127.0.0.1 (free port), SQLite backend store and ``--artifacts-destination`` in a
-    temp dir; yields once it answers ``/health``; stopped at the end of the session.
+@contextlib.contextmanager
+def running_server(root: Path) -> Iterator[MlflowServer]:
+    """A real ``mlflow server`` on 127.0.0.1 (free port), SQLite backend store and ``--artifacts-destination`` under
+    ``root``; yields once it answers ``/health``; stopped on exit.
 
-    Skipped (with the reason) only when the ``mlflow`` CLI is not installed; a server that does not come up fails.
+    Skips (with the reason) only when the ``mlflow`` CLI is not installed; a server that does not come up fails.
     """
     cli = _mlflow_cli()
     if cli is None:
         pytest.skip("the `mlflow` command-line tool is not installed (pip install mlflow): real-server tests not run")
-    root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     server = MlflowServer(
         uri=f"http://127.0.0.1:{port}", backend_db=root / "mlflow.db", artifacts=root / "artifacts", log=root / "server.log"
@@ -102,6 +102,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         yield server
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """The session's shared server (see :func:`running_server`); tests that need an empty registry start their own."""
+    with running_server(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session", autouse=True)

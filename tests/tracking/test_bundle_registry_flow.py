@@ -9,6 +9,7 @@ import csv
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,8 @@ import torch
 from mlvicx_monai.engines.infer import CXRInference
 from mlvicx_monai.networks import load_encoder
 from mlvicx_monai.networks.downstream_io import load_downstream
+
+from .conftest import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -45,17 +48,18 @@ def _probabilities(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(params=["server", "embedded"])
-def store(request, tmp_path) -> tuple[str, dict[str, str], str]:
+def store(request, tmp_path, tmp_path_factory) -> Iterator[tuple[str, dict[str, str], str]]:
     """``(kind, environment of the bundle processes, tracking URI the test reads)``: the real server through
     ``MLFLOW_TRACKING_URI``, or no URI at all (the embedded default ``sqlite:///./mlruns/mlflow.db``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update({"OMP_NUM_THREADS": "1", "MLVICX_DEID_SECRET_FILE": str(tmp_path / "deid.secret"),
                 "MLVICX_REGISTRY_CACHE": str(tmp_path / "registry-cache"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
-    if request.param == "server":
-        server = request.getfixturevalue("mlflow_server")
-        env["MLFLOW_TRACKING_URI"] = server.uri
-        return "server", env, server.uri
-    return "embedded", env, f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    if request.param == "server":  # its own server: the registry starts empty, whatever other tests register
+        with running_server(tmp_path_factory.mktemp("flow-server")) as server:
+            env["MLFLOW_TRACKING_URI"] = server.uri
+            yield "server", env, server.uri
+        return
+    yield "embedded", env, f"sqlite:///{tmp_path}/mlruns/mlflow.db"
 
 
 def test_pretrain_classify_register_promote_load_and_deploy(store, tmp_path, fresh_process, monkeypatch):
