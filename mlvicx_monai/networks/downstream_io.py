@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from mlvicx_monai.networks.classifier import CXRClassifier, build_classifier
-from mlvicx_monai.networks.pretrained import encoder_config, state_dict_problems
+from mlvicx_monai.networks.pretrained import encoder_config, read_torch_file, state_dict_problems
 from mlvicx_monai.networks.unet import MLVICXUNet
 from mlvicx_monai.utils.atomic import atomic_write
 
@@ -231,16 +231,10 @@ _HINTS = {
 
 
 def _read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
-    file = Path(path)
-    if not file.is_file():
-        raise DownstreamModelError(
-            f"downstream model {file} does not exist; train one with bundles/classify.json or bundles/segment.json "
-            "(they write output_dir/model.pt)"
-        )
-    try:
-        state = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise DownstreamModelError(f"{file} is not a readable PyTorch file ({type(err).__name__}: {err})") from None
+    file, state = read_torch_file(
+        path, DownstreamModelError, "downstream model {file} does not exist; train one with bundles/classify.json "
+        "or bundles/segment.json (they write output_dir/model.pt)", map_location,
+    )
     fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
     if fmt != MODEL_FORMAT:
         raise DownstreamModelError(f"{file} is not an MLVICX downstream model (format {fmt!r}){_HINTS.get(str(fmt), '')}")

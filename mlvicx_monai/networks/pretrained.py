@@ -29,6 +29,7 @@ __all__ = [
     "build_encoder",
     "encoder_config",
     "load_encoder",
+    "read_torch_file",
     "save_encoder",
     "state_dict_problems",
 ]
@@ -76,6 +77,20 @@ def _describe(keys: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def read_torch_file(
+    path: str | os.PathLike, error: type[Exception], missing: str, map_location: str | torch.device = "cpu"
+) -> tuple[Path, Any]:
+    """``(path, torch.load(path, weights_only=True))``; ``error(missing.format(file=path))`` when the file does
+    not exist, ``error`` naming the file and the cause when it is not a readable weights-only PyTorch file."""
+    file = Path(path)
+    if not file.is_file():
+        raise error(missing.format(file=file))
+    try:
+        return file, torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise error(f"{file} is not a readable PyTorch file ({type(err).__name__}: {err})") from None
+
+
 def state_dict_problems(expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[str]:
     """What stops ``weights`` from loading strictly where ``expected`` (a ``state_dict()``) is: missing, unexpected
     and mis-shaped keys, each named (PyTorch's own error stops at the first kind of problem). Empty: it fits."""
@@ -105,16 +120,10 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
         PretrainedEncoderError: the file is missing, not a torch file, not an encoder export (e.g. a
             training checkpoint), or its weights do not fit the configuration it declares.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise PretrainedEncoderError(
-            f"pretrained encoder {file} does not exist; pass the encoder.pt written by bundles/pretrain.json "
-            "(or pretrained=none for a randomly initialised baseline)"
-        )
-    try:
-        state = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise PretrainedEncoderError(f"{file} is not a readable PyTorch file ({type(err).__name__}: {err})") from None
+    file, state = read_torch_file(
+        path, PretrainedEncoderError, "pretrained encoder {file} does not exist; pass the encoder.pt written by "
+        "bundles/pretrain.json (or pretrained=none for a randomly initialised baseline)", map_location,
+    )
     if not isinstance(state, dict) or state.get("format") != ENCODER_FORMAT:
         kind = state.get("format") if isinstance(state, dict) else type(state).__name__
         hint = " (a training checkpoint: use the encoder.pt next to it)" if kind == "mlvicx-train-checkpoint/1" else ""

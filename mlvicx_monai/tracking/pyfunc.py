@@ -52,6 +52,7 @@ from mlvicx_monai.networks.downstream_io import (
     save_downstream,
 )
 from mlvicx_monai.networks.downstream_io import unwrap_model as _unwrap
+from mlvicx_monai.networks.pretrained import read_torch_file
 
 __all__ = [
     "KINDS",
@@ -154,13 +155,7 @@ def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cp
     Raises:
         RegistryFormatError: not one of our weights files, or weights that do not fit the declared config.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise RegistryFormatError(f"model weights file {file} does not exist")
-    try:
-        state = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise RegistryFormatError(f"{file} is not a readable PyTorch file ({type(err).__name__}: {err})") from None
+    file, state = read_torch_file(path, RegistryFormatError, "model weights file {file} does not exist", map_location)
     fmt = state.get("format") if isinstance(state, dict) else None
     if fmt == ENCODER_FORMAT:
         try:

@@ -743,16 +743,17 @@ def test_pydicom_apply_modality_lut_still_fails_on_12_bit_descriptors():
         apply_modality_lut(np.array([1, 2], dtype=np.uint16), ds)
 
 
-@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT"])
-@pytest.mark.parametrize("center, width", [(2047.5, 4096.0), (100.0, 1.0), (-500.0, 1500.0), (0.0, 2.0), (7.3, 0.4)])
+@pytest.mark.parametrize(
+    "function, center, width",
+    [(f, c, w) for f in ("LINEAR", "LINEAR_EXACT") for c, w in ((2047.5, 4096.0), (100.0, 1.0), (-500.0, 1500.0), (0.0, 2.0))]
+    + [("LINEAR_EXACT", 7.3, 0.4)],  # LINEAR requires a width >= 1 (PS3.3 C.11.2.1.2)
+)
 def test_linear_windows_equal_pydicoms_apply_windowing(function, center, width):
     from pydicom.dataset import Dataset
     from pydicom.pixels import apply_windowing
 
     from mlvicx_monai.data.dicom import _linear_window
 
-    if function == "LINEAR" and width < 1:
-        pytest.skip("LINEAR requires a width >= 1")
     values = np.concatenate([np.linspace(center - 2 * width - 3, center + 2 * width + 3, 2001),
                              [center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2, center, center - width / 2,
                               center + width / 2, center - 0.5]])
