@@ -46,7 +46,7 @@ from PIL import Image
 from mlvicx_monai.data import datalist as datalist_io
 from mlvicx_monai.data.deid import Pseudonymizer, phi_tokens, phi_values, redact
 from mlvicx_monai.data.dicom import CXRDecodeError, decode_cxr, read_dicom
-from mlvicx_monai.data.pacs import PacsFilter, check_header, identifiers, is_dicomdir_name
+from mlvicx_monai.data.pacs import FileRejected, PacsFilter, check_header, identifiers, is_dicomdir_name
 from mlvicx_monai.data.images import load_image
 from mlvicx_monai.data.rle import RLEError, rle_merge
 from mlvicx_monai.utils.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
@@ -63,14 +63,6 @@ _STATE_VERSION = 1
 
 class IngestError(RuntimeError):
     """The ingestion cannot start or finish (bad arguments, an output folder from another configuration)."""
-
-
-class _Rejected(Exception):
-    """A source file that is not ingested: a machine code and a reason for quarantine.csv."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
 
 
 @dataclass
@@ -193,14 +185,14 @@ def _process(task: tuple[str, str, str | None, list[str] | None]) -> tuple[str, 
     try:
         if _WORKER["dataset"] == "pacs":
             if is_dicomdir_name(path.name):
-                raise _Rejected("dicomdir", "DICOMDIR index file; the images it lists are read from their own files")
+                raise FileRejected("dicomdir", "DICOMDIR index file; the images it lists are read from their own files")
             ds = read_dicom(path)
             tokens = phi_tokens(phi_values(ds))
             if "PixelData" not in ds:  # SR, RT, presentation states, header-only exports: say what they are
                 decode_cxr(ds, path)
             rejection = check_header(ds, _WORKER["policy"])
             if rejection is not None:
-                raise _Rejected(rejection.code, rejection.reason)
+                raise FileRejected(rejection.code, rejection.reason)
             patient, study, instance = identifiers(ds, fallback=f"sha256:{sha256_file(path)}")
             image_id = pseudo.pseudonym(instance, kind="image", length=20)
             record.update(patient=pseudo.pseudonym(patient, "patient"), study=pseudo.pseudonym(study, "study"))
@@ -218,13 +210,13 @@ def _process(task: tuple[str, str, str | None, list[str] | None]) -> tuple[str, 
             try:
                 full = rle_merge(rles, height=rows, width=cols)
             except RLEError as err:
-                raise _Rejected("bad_mask", f"its mask in the RLE file does not fit the {rows}x{cols} image: {err}") from None
+                raise FileRejected("bad_mask", f"its mask in the RLE file does not fit the {rows}x{cols} image: {err}") from None
             small = Image.fromarray(full.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BOX)
             mask = (np.asarray(small) >= 128).astype(np.uint8) * 255
             mask_rel = f"masks/{shard}/{_file_stem(image_id)}.png"
             _write_png(mask_rel, mask)
             record.update(mask=mask_rel, mask_pixels=int(full.sum()), mask_pixels_cached=int((mask > 0).sum()))
-    except (CXRDecodeError, _Rejected) as err:
+    except (CXRDecodeError, FileRejected) as err:
         record.update(status="rejected", code=err.code, reason=err.reason)
     except Exception as err:  # a bad file must never stop the run: quarantine it with the error
         record.update(status="rejected", code="internal_error", reason=f"{type(err).__name__}: {err}")

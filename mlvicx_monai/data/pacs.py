@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-__all__ = ["PacsFilter", "Rejection", "check_header", "identifiers", "is_dicomdir_name"]
+__all__ = ["FileRejected", "PacsFilter", "Rejection", "check_header", "identifiers", "is_dicomdir_name"]
 
 #: SOP classes of projection radiographs whose pixels are meant for display.
 _PRESENTATION_SOP_CLASSES = {
@@ -72,6 +72,16 @@ class Rejection:
 
     code: str
     reason: str
+
+
+class FileRejected(Exception):
+    """Raised for a file that a job skips (ingestion: quarantine.csv; inference: errors.csv): a :class:`Rejection`'s
+    machine code and sentence for the user. Decoding failures are :class:`~mlvicx_monai.data.dicom.CXRDecodeError`,
+    which carries the same two fields."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
 
 
 def is_dicomdir_name(name: str) -> bool:

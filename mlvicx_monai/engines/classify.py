@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 from monai.data import DataLoader, Dataset
 
 from mlvicx_monai.data.datalist import DatalistError, load_datalist, read_datalist
@@ -127,12 +128,11 @@ def encode_features(
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for batch in loader:
-            x = batch["image"]
-            x = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(device)
+            x = convert_to_tensor(batch["image"], device=device, track_meta=False)
             features = encoder(x).pooled.float().cpu()
             for k in range(features.shape[0]):
                 label = batch["label"][k]
-                out.append({"image": features[k].clone(), "label": label.as_tensor() if hasattr(label, "as_tensor") else label,
+                out.append({"image": features[k].clone(), "label": convert_to_tensor(label, track_meta=False),
                             "id": batch["id"][k]})
     finally:
         encoder.train(was_training)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 from ignite.metrics import EpochMetric, Metric
 from ignite.metrics.metric import reinit__is_reduced
 
@@ -102,8 +103,7 @@ def predict(
     targets, outputs = [], []
     try:
         for batch in loader:
-            x = batch[input_key]
-            x = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(device)
+            x = convert_to_tensor(batch[input_key], device=device, track_meta=False)
             y = network(x)
             if transform is not None:
                 y = transform(y)

@@ -52,7 +52,7 @@ from PIL import Image
 from mlvicx_monai.data.deid import Pseudonymizer, phi_tokens, phi_values, redact
 from mlvicx_monai.data.dicom import CXRDecodeError, decode_cxr, read_dicom
 from mlvicx_monai.data.images import load_png, sniff_format
-from mlvicx_monai.data.pacs import PacsFilter, check_header, is_dicomdir_name
+from mlvicx_monai.data.pacs import FileRejected, PacsFilter, check_header, is_dicomdir_name
 from mlvicx_monai.networks.downstream_io import DownstreamModelError, load_downstream
 from mlvicx_monai.utils.atomic import atomic_write, atomic_write_csv
 from mlvicx_monai.utils.hashing import sha256_file
@@ -62,6 +62,7 @@ __all__ = [
     "CXRInference",
     "InputError",
     "gradcam_normalizer",
+    "heatmap_overlay",
     "prepare_input",
     "resolve_model",
 ]
@@ -136,12 +137,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z._-]+", "_", name).strip("_") or "class"
 
 
-class _Skip(Exception):
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
 @dataclass
 class _Image:
     id: str
@@ -150,7 +145,7 @@ class _Image:
     spacing: tuple[float, float] | None = None  # (row, column) mm
 
 
-def _overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def heatmap_overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """RGB uint8 of a grey image with a jet-coloured heat map (both (H, W), in [0, 1])."""
     from matplotlib import colormaps
 
@@ -245,13 +240,25 @@ class CXRInference:
             ]
         )
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """Decoded image ``(rows, cols)`` in [0, 1] -> network input ``[1, 1, S, S]`` (as in training)."""
+    def display_image(self, image: np.ndarray) -> np.ndarray:
+        """The decoded image as ingestion cached it, before the model's own resize: resized (Lanczos) to the
+        cache's square side when the model records one; heat maps are drawn on it."""
         if self.source_size:
             s = int(self.source_size)
-            image = np.round(np.clip(_resize(image, s, s, Image.Resampling.LANCZOS), 0, 1) * 255.0) / 255.0
-        x = self.transform({"image": torch.as_tensor(image, dtype=torch.float32)[None]})["image"]
+            return _resize(image, s, s, Image.Resampling.LANCZOS)
+        return image
+
+    def network_input(self, display: np.ndarray) -> torch.Tensor:
+        """:meth:`display_image`'s output -> network input ``[1, 1, S, S]`` (8-bit rounding of the cache, then the
+        bundle's transforms, as in training)."""
+        if self.source_size:
+            display = np.round(np.clip(display, 0, 1) * 255.0) / 255.0
+        x = self.transform({"image": torch.as_tensor(display, dtype=torch.float32)[None]})["image"]
         return x[None].to(self.device)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """Decoded image ``(rows, cols)`` in [0, 1] -> network input ``[1, 1, S, S]`` (as in training)."""
+        return self.network_input(self.display_image(image))
 
     # ---- reading ----------------------------------------------------------------------------------------
     def _read(self, path: Path, seen_tokens: set[str]) -> _Image:
@@ -260,16 +267,16 @@ class CXRInference:
             image, _ = load_png(path)
             return _Image(self.pseudo.pseudonym(f"sha256:{sha256_file(path)}", kind="image", length=20), "png", image)
         if is_dicomdir_name(path.name):
-            raise _Skip("dicomdir", "a DICOMDIR index file, not an image (its images are read from their own files)")
+            raise FileRejected("dicomdir", "a DICOMDIR index file, not an image (its images are read from their own files)")
         if kind != "dicom":
-            raise _Skip("not_an_image", "neither a DICOM nor a PNG file (judged by its content, not its name)")
+            raise FileRejected("not_an_image", "neither a DICOM nor a PNG file (judged by its content, not its name)")
         ds = read_dicom(path)
         seen_tokens.update(phi_tokens(phi_values(ds)))
         if self.filter is not None and "PixelData" in ds:
             rejection = check_header(ds, self.filter)
             if rejection is not None:
                 reason = re.sub(r"\s*\(change with --[a-z-]+\)", "", rejection.reason)
-                raise _Skip(rejection.code, f"{reason} (pass --filter_headers false to run the model on it anyway)")
+                raise FileRejected(rejection.code, f"{reason} (pass --filter_headers false to run the model on it anyway)")
         image, meta = decode_cxr(ds, path)
         uid = str(ds.get("SOPInstanceUID", "") or "").strip()
         key = uid or f"sha256:{sha256_file(path)}"
@@ -288,14 +295,7 @@ class CXRInference:
         heat = self._cam(x.detach().clone().requires_grad_(True), class_idx=int(class_idx))[0, 0].detach().cpu().numpy()
         return _resize(heat, shape[0], shape[1], Image.Resampling.BILINEAR)
 
-    def display_image(self, image: np.ndarray) -> np.ndarray:
-        """The decoded image as the model saw it before its own resize (the ingested cache's square side)."""
-        if self.source_size:
-            s = int(self.source_size)
-            return _resize(image, s, s, Image.Resampling.LANCZOS)
-        return image
-
-    def _classify(self, item: _Image, x: torch.Tensor) -> dict[str, Any]:
+    def _classify(self, item: _Image, x: torch.Tensor, display: np.ndarray) -> dict[str, Any]:
         with torch.no_grad():
             probs = torch.sigmoid(self.model(x))[0].float().cpu().numpy()
         row: dict[str, Any] = {"id": item.id, "format": item.format}
@@ -303,11 +303,10 @@ class CXRInference:
         order = [k for k in np.argsort(-probs)[: self.top_k] if probs[k] >= self.min_probability]
         row["findings"] = ";".join(self.class_names[k] for k in order)
         if self.save_heatmaps:
-            display = self.display_image(item.image)
             for rank, k in enumerate(order, start=1):
                 heat = self.heatmap(x, int(k), display.shape)
                 name = f"{item.id}_{rank}_{_safe(self.class_names[k])}.png"
-                _write_png(self.output_dir / "heatmaps" / name, _overlay(display, heat))
+                _write_png(self.output_dir / "heatmaps" / name, heatmap_overlay(display, heat))
         return row
 
     def _segment(self, item: _Image, x: torch.Tensor) -> dict[str, Any]:
@@ -326,7 +325,7 @@ class CXRInference:
         nifti.header.set_xyzt_units("mm" if item.spacing else "unknown")
         nifti_bytes = gzip.compress(nifti.to_bytes(), mtime=0)
         atomic_write(folder / f"{item.id}_mask.nii.gz", lambda tmp: tmp.write_bytes(nifti_bytes))
-        _write_png(folder / f"{item.id}_overlay.png", _overlay(item.image, mask.astype(np.float32), alpha=0.4))
+        _write_png(folder / f"{item.id}_overlay.png", heatmap_overlay(item.image, mask.astype(np.float32), alpha=0.4))
         name = self.class_names[0]
         return {
             "id": item.id,
@@ -353,14 +352,13 @@ class CXRInference:
             try:
                 item = self._read(path, seen_tokens)
                 if item.id in done:
-                    raise _Skip("duplicate", f"the same image (same SOPInstanceUID or bytes) as image {item.id}, processed once")
-                x = self.preprocess(item.image)
-                row = self._classify(item, x) if self.kind == "classifier" else self._segment(item, x)
+                    raise FileRejected("duplicate", f"the same image (same SOPInstanceUID or bytes) as image {item.id}, processed once")
+                display = self.display_image(item.image)
+                x = self.network_input(display)
+                row = self._classify(item, x, display) if self.kind == "classifier" else self._segment(item, x)
                 done[item.id] = rel
                 rows.append(row)
-            except CXRDecodeError as err:
-                errors.append((rel, file_key, err.code, err.reason))
-            except _Skip as err:
+            except (CXRDecodeError, FileRejected) as err:
                 errors.append((rel, file_key, err.code, err.reason))
             except Exception as err:  # one bad file never stops the job; no traceback or absolute path in the CSV
                 message = str(err).splitlines()[0] if str(err) else ""

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 from monai.data import DataLoader
 
 from mlvicx_monai.data.datalist import DatalistError, load_datalist
@@ -85,8 +86,7 @@ def evaluate_segmentation(
     network.eval()
     try:
         for batch in loader:
-            x = batch["image"]
-            x = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(device)
+            x = convert_to_tensor(batch["image"], device=device, track_meta=False)
             pred = (network(x) > logit_threshold).cpu()
             truth = torch.as_tensor(batch["label"]) > 0.5
             dice = acc.update(pred, truth)

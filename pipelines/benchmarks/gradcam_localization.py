@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mlvicx_monai.data.dicom import load_cxr
     from mlvicx_monai.data.phantom import write_layout
-    from mlvicx_monai.engines.infer import CXRInference, _overlay
+    from mlvicx_monai.engines.infer import CXRInference, heatmap_overlay
 
     with tempfile.TemporaryDirectory(prefix="gradcam-") as tmp:
         root = Path(tmp)
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 })
                 if args.save_dir is not None:
                     args.save_dir.mkdir(parents=True, exist_ok=True)
-                    picture = Image.fromarray(_overlay(image, heat))
+                    picture = Image.fromarray(heatmap_overlay(image, heat))
                     draw = ImageDraw.Draw(picture)
                     for r in entry["regions"]:
                         if r["finding"] == finding:
