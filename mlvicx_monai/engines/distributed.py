@@ -70,6 +70,8 @@ def init_distributed(backend: str = "auto") -> bool:
 
 
 def cleanup_distributed() -> None:
+    """Leave the process group: a barrier first, so no rank tears down gloo/NCCL while another still uses it (seen
+    as ``terminate called without an active exception`` / SIGABRT in a gloo rank), then destroy it."""
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 import mlvicx_monai.losses.vicreg as vicreg_module
+from mlvicx_monai.engines.distributed import cleanup_distributed
 from mlvicx_monai.losses import MLVICXLoss
 
 WORLD = 2
@@ -85,8 +86,10 @@ def _worker(rank: int, port: int, out_path: str) -> None:
             results[mode] = {"loss": loss / WORLD, "grads": _grads(ddp.module)}
         if rank == 0:
             torch.save(results, out_path)
+        cleanup_distributed()  # barrier, then destroy: without it a rank could abort (SIGABRT) in gloo's teardown
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # an exception above: tear down without waiting for the other rank
+            dist.destroy_process_group()
 
 
 def _free_port() -> int:
