@@ -5,7 +5,7 @@
         --pretrained mlvicx=runs/pretrain/encoder.pt --pretrained random=none
 
 Every cell (dataset x protocol x fraction x pretrained source x seed) is one
-``python -m monai.bundle run --config_file bundles/classify.json ...`` (``--task segment``: segment.json) into
+``python -m monai.bundle run --config_file bundles/mlvicx_cxr/configs/classify.json ...`` (``--task segment``: segment.json) into
 ``OUT/cells/<dataset>/<protocol>/<source>/f<fraction>/seed<seed>/``. A cell whose ``results.json`` exists is
 skipped, so rerunning the command resumes the sweep. Extra bundle overrides go after ``--set`` (``--set
 max_epochs=5 image_size=96``). Then, under ``OUT``:
@@ -44,7 +44,7 @@ from mlvicx_monai.utils.atomic import atomic_write_csv
 logger = logging.getLogger("pipelines.evaluate")
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLES = {"classify": "bundles/classify.json", "segment": "bundles/segment.json"}
+BUNDLES = {"classify": "bundles/mlvicx_cxr/configs/classify.json", "segment": "bundles/mlvicx_cxr/configs/segment.json"}
 HEADLINE = {"classify": "mean_auc", "segment": "mean_dice_per_image"}
 
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder (default runs/evaluate)")
     parser.add_argument("--task", choices=sorted(BUNDLES), default="classify")
     parser.add_argument("--datasets", nargs="+", default=["demo"], help="bundle 'dataset' values (demo, nih, vindr, rsna, siim)")
-    parser.add_argument("--data-dir", default=None, help="bundle 'data_dir' (default: the bundle's own)")
+    parser.add_argument("--data-dir", default=None, help="bundle 'dataset_dir' (default: the bundle's own)")
     parser.add_argument("--protocols", nargs="+", default=["frozen"], choices=["frozen", "finetune"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -109,10 +109,10 @@ def _command(args: argparse.Namespace, cell: Cell, sources: dict[str, str], fold
         sys.executable, "-m", "monai.bundle", "run", "--config_file", BUNDLES[args.task],
         "--dataset", cell.dataset, "--protocol", cell.protocol, "--fraction", repr(cell.fraction),
         "--seed", str(cell.seed), "--pretrained", sources[cell.source], "--output_dir", str(folder),
-        "--run_name", cell.run_name(args.task), "--log_model", "false", "--register_model", "false",
+        "--run_name", cell.run_name(args.task), "--register_model", "False",
     ]
     if args.data_dir:
-        command += ["--data_dir", str(args.data_dir)]
+        command += ["--dataset_dir", str(args.data_dir)]
     if args.tracking_uri:
         command += ["--tracking_uri", args.tracking_uri]
     for key, value in args.set:

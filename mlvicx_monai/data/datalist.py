@@ -34,6 +34,7 @@ __all__ = [
     "datalist_checksum",
     "datalist_id",
     "assign_splits",
+    "check_cache_size",
 ]
 
 FORMAT = "mlvicx-datalist/1"
@@ -88,6 +89,24 @@ def read_datalist(path: str | Path) -> dict[str, Any]:
     if document.get("format") != FORMAT:
         raise DatalistError(f"{file} has format {document.get('format')!r}, expected {FORMAT!r}")
     return document
+
+
+def check_cache_size(path: str | Path, minimum: int) -> int:
+    """The side of the datalist's cached images, if it is at least ``minimum``.
+
+    Raises:
+        DatalistError: the cache is smaller (e.g. the paper profile crops 224 px views: from a 256 px cache three
+            views in four would be upsampled, up to 3.1x), naming the ingestion command that makes a larger one.
+    """
+    document = read_datalist(path)
+    size = int(document.get("image_size") or 0)
+    if minimum and size < int(minimum):
+        raise DatalistError(
+            f"{_resolve(path)} caches {size} px images but this configuration needs at least {minimum} px (min_cache_size); "
+            f"re-ingest with `python -m pipelines.ingest --dataset {document.get('dataset')} --size {minimum} ...` into a "
+            "new --out, or pass --min_cache_size 0 to accept upsampled crops"
+        )
+    return size
 
 
 def datalist_checksum(path: str | Path) -> str:

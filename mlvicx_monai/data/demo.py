@@ -1,10 +1,11 @@
 """Data for the bundles: the synthetic demo (generated and ingested on first use) or an ingested folder.
 
-``prepare_data("demo", "runs/demo_data", layout="nih")`` writes synthetic radiographs in the official NIH
-layout to ``runs/demo_data/nih/raw``, ingests them into ``runs/demo_data/nih`` (the datalist is
-``runs/demo_data/nih/manifest.json``) and returns that datalist; later calls return it at once. For a
-real dataset, ``data_dir`` is the output folder of ``python -m pipelines.ingest`` and is only checked.
-Concurrent callers (DDP ranks, two bundles) are serialised by a lock file.
+``datalist_path(dataset, data_dir, layout)`` says where a bundle's datalist is, without touching any file (a
+bundle's config resolves with no side effect); ``prepare_data`` is the bundles' explicit ``initialize`` step:
+``prepare_data("demo", "runs/demo_data", layout="nih")`` writes synthetic radiographs in the official NIH layout to
+``runs/demo_data/nih/raw``, ingests them into ``runs/demo_data/nih/cache`` and returns that datalist; later calls
+return it at once. For a real dataset, ``data_dir`` is the output folder of ``python -m pipelines.ingest`` and is
+only checked. Concurrent callers (DDP ranks, two bundles) are serialised by a lock file.
 """
 
 from __future__ import annotations
@@ -19,12 +20,39 @@ from pathlib import Path
 from mlvicx_monai.data.datalist import DatalistError, read_datalist
 from mlvicx_monai.utils.atomic import atomic_write_json
 
-__all__ = ["DEMO_LAYOUTS", "prepare_data"]
+__all__ = ["DEMO", "DEMO_LAYOUTS", "check_dataset", "datalist_path", "prepare_data"]
 
 logger = logging.getLogger(__name__)
 
+#: the ``dataset`` value of the synthetic demo
+DEMO = "demo"
 #: demo layout -> the dataset whose official layout the phantom imitates
 DEMO_LAYOUTS = {"nih": "nih", "siim": "siim", "vindr": "vindr", "rsna": "rsna"}
+
+
+def check_dataset(dataset: str, allowed: tuple[str, ...] | None = None) -> str:
+    """``dataset`` if it is ``demo`` or one of ``allowed`` (default: every dataset ingestion knows); otherwise a
+    ``ValueError`` naming the choices."""
+    from mlvicx_monai.data.ingest import DATASETS
+
+    choices = allowed if allowed is not None else (DEMO, *DATASETS)
+    if dataset not in choices:
+        raise ValueError(
+            f"unknown dataset {dataset!r}; choose one of {', '.join(choices)} (demo = synthetic data generated on first "
+            "use; any other name needs dataset_dir = the output folder of `python -m pipelines.ingest --dataset NAME`)"
+        )
+    return dataset
+
+
+def datalist_path(dataset: str, data_dir: str | os.PathLike, layout: str = "nih") -> Path:
+    """Where the datalist of a bundle is: ``data_dir/<layout>/cache/manifest.json`` for the demo, else
+    ``data_dir/manifest.json`` (no file is read or written)."""
+    root = Path(data_dir)
+    if dataset == DEMO:
+        if layout not in DEMO_LAYOUTS:
+            raise ValueError(f"unknown demo layout {layout!r}; expected one of {sorted(DEMO_LAYOUTS)}")
+        return root / layout / "cache" / "manifest.json"
+    return root / "manifest.json"
 
 
 @contextmanager
@@ -61,7 +89,7 @@ def prepare_data(
         workers: ingestion processes (default: all cores).
     """
     root = Path(data_dir)
-    if dataset != "demo":
+    if dataset != DEMO:
         document = read_datalist(root)
         if document.get("dataset") != dataset:
             raise DatalistError(
@@ -80,7 +108,7 @@ def prepare_data(
                 raise DatalistError(
                     f"{target} holds a demo made with {previous}, not {params}; delete {target} or choose another data_dir"
                 )
-            return target / "cache" / "manifest.json"
+            return datalist_path(dataset, root, layout)
         from mlvicx_monai.data.ingest import IngestConfig, ingest
         from mlvicx_monai.data.phantom import write_layout
 
@@ -102,4 +130,4 @@ def prepare_data(
             )
         )
         atomic_write_json(marker, params)
-    return target / "cache" / "manifest.json"
+    return datalist_path(dataset, root, layout)

@@ -52,7 +52,7 @@ from mlvicx_monai.data.rle import RLEError, rle_merge
 from mlvicx_monai.utils.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
 from mlvicx_monai.utils.hashing import sha256_file
 
-__all__ = ["DATASETS", "IngestConfig", "IngestError", "ingest"]
+__all__ = ["DATASETS", "IngestConfig", "IngestError", "cache_image", "ingest"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,15 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+def cache_image(image: np.ndarray, size: int) -> np.ndarray:
+    """What the cache holds for a decoded image ``(rows, cols)`` float in [0, 1]: ``(size, size)`` uint8.
+
+    The one definition of the cache step, shared with inference (which must feed a model what training saw,
+    :class:`mlvicx_monai.transforms.preprocessing.ToSourceCached`).
+    """
+    return np.round(_resize(image, size) * 255.0).astype(np.uint8)
+
+
 def _png_bytes(array_u8: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array_u8).save(buffer, format="PNG", compress_level=3)
@@ -203,7 +212,7 @@ def _process(task: tuple[str, str, str | None, list[str] | None]) -> tuple[str, 
         size = _WORKER["size"]
         shard = _shard(image_id)
         image_rel = f"images/{shard}/{_file_stem(image_id)}.png"
-        _write_png(image_rel, np.round(_resize(image, size) * 255.0).astype(np.uint8))
+        _write_png(image_rel, cache_image(image, size))
         record.update(status="ok", id=image_id, image=image_rel, meta=meta.to_dict())
         if rles is not None:
             rows, cols = meta.original_size

@@ -34,6 +34,9 @@ from mlvicx_monai.utils.atomic import atomic_write_csv
 __all__ = [
     "CLASSIFY_DATASETS",
     "ClassificationReport",
+    "EncodedFeatures",
+    "encode_features_once",
+    "class_names_of",
     "classification_items",
     "encode_features",
     "protocol_data",
@@ -44,6 +47,15 @@ logger = logging.getLogger(__name__)
 
 #: ``demo``: the synthetic NIH-layout data (generated on first use).
 CLASSIFY_DATASETS = ("demo", "nih", "vindr", "rsna")
+
+
+def class_names_of(classes: str | Sequence[str], datalist_path: str | os.PathLike) -> list[str]:
+    """The class names a classifier is built for: ``classes`` itself when it is a list (no file is read, so a bundle's
+    ``network_def`` resolves before the data exist; :func:`select_classes` checks them against the datalist), every
+    class of the datalist for ``"all"``."""
+    if isinstance(classes, str):
+        return select_classes(datalist_path, classes)
+    return [str(c) for c in classes]
 
 
 def select_classes(datalist_path: str | os.PathLike, classes: str | Sequence[str] = "all") -> list[str]:
@@ -129,7 +141,7 @@ def encode_features(
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for batch in loader:
             x = convert_to_tensor(batch["image"], device=device, track_meta=False)
-            features = encoder(x).pooled.float().cpu()
+            features = encoder(x).float().cpu()
             for k in range(features.shape[0]):
                 label = batch["label"][k]
                 out.append({"image": features[k].clone(), "label": convert_to_tensor(label, track_meta=False),
@@ -137,6 +149,38 @@ def encode_features(
     finally:
         encoder.train(was_training)
     return out
+
+
+class EncodedFeatures(Dataset):
+    """The frozen protocol's training data: the pooled encoder feature of every image of ``images`` (see
+    :func:`encode_features`), computed by :meth:`compute` once the pretrained weights are in the encoder (the bundles
+    call :func:`encode_features_once` in ``initialize``), not when the config is resolved."""
+
+    def __init__(
+        self, images: Dataset, encoder: MLVICXEncoder, batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0
+    ) -> None:
+        super().__init__(data=[])
+        self.images, self.encoder = images, encoder
+        self.batch_size, self.device, self.num_workers = batch_size, device, num_workers
+        self.computed = False
+
+    def compute(self) -> "EncodedFeatures":
+        logger.info("frozen protocol: caching the encoder features of %d images", len(self.images))
+        self.data = encode_features(self.encoder, self.images, self.batch_size, self.device, self.num_workers)
+        self.computed = True
+        return self
+
+    def __len__(self) -> int:
+        if not self.computed:
+            raise RuntimeError("the encoder features are not computed yet: call compute() (the bundle's initialize does)")
+        return super().__len__()
+
+
+def encode_features_once(datasets: Sequence[Dataset]) -> None:
+    """:meth:`EncodedFeatures.compute` for every not yet computed :class:`EncodedFeatures` among ``datasets``."""
+    for dataset in datasets:
+        if isinstance(dataset, EncodedFeatures) and not dataset.computed:
+            dataset.compute()
 
 
 def protocol_data(
@@ -148,7 +192,8 @@ def protocol_data(
     num_workers: int = 0,
     augment: bool = False,
 ) -> Dataset:
-    """What the trained network consumes: ``dataset`` itself (finetune) or its cached encoder features (frozen).
+    """What the trained network consumes: ``dataset`` itself (finetune) or its encoder features (frozen: an
+    :class:`EncodedFeatures`, computed later by :func:`encode_features_once`).
 
     Raises:
         ValueError: ``augment`` with the frozen protocol (cached features cannot be augmented).
@@ -159,12 +204,11 @@ def protocol_data(
     if augment:
         raise ValueError(
             "the frozen protocol caches one encoder feature per image, so training augmentation cannot apply; "
-            "use --augment false (or auto) with --protocol frozen"
+            "use --augment False (or auto) with --protocol frozen"
         )
     if not classifier.freeze_encoder:
         raise ValueError("the frozen protocol needs a classifier built with freeze_encoder=True")
-    logger.info("frozen protocol: caching the encoder features of %d images", len(dataset))
-    return Dataset(encode_features(classifier.encoder, dataset, batch_size, device, num_workers))
+    return EncodedFeatures(dataset, classifier.encoder, batch_size, device, num_workers)
 
 
 def _write_predictions(path: Path, ids: list[str], class_names: Sequence[str], y: np.ndarray, p: np.ndarray) -> None:
@@ -182,15 +226,15 @@ class ClassificationReport(DownstreamReport):
     - MLflow metrics ``test/mean_auc``, ``test/mean_auc_ci_low``/``_high``, ``test/auc/<class>``, ``test/accuracy``.
 
     Args (besides the base class's; ``network`` is the full classifier, saved to model.pt):
-        test_network: the module that maps a test batch to logits (the classifier, or its head for the frozen
-            protocol's cached features).
+        test_network: the module that maps a test batch to logits and that the best checkpoint holds (the
+            classifier, or its head for the frozen protocol's cached features).
         n_boot: bootstrap resamples of the confidence interval of the mean AUC.
     """
 
     task = "classification"
 
     def __init__(self, *args: Any, test_network: torch.nn.Module, n_boot: int = 1000, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, trained_network=test_network, **kwargs)
         self.test_network = test_network
         self.n_boot = int(n_boot)
 
@@ -209,8 +253,8 @@ class ClassificationReport(DownstreamReport):
         if self.run is not None:
             self.run.set_tags({"mlvicx.excluded_classes": ",".join(report["excluded_classes"]) or "none"})
         logger.info(
-            "test: mean AUC %s (95%% CI %s) over %d classes; excluded (undefined AUC): %s; results in %s",
+            "test: mean AUC %s (95%% CI %s) over %d classes; excluded (undefined AUC): %s; details in %s",
             report["mean_auc"], report["auc_ci"], len(self.class_names) - len(report["excluded_classes"]),
-            report["excluded_classes"] or "none", self.output_dir / "results.json",
+            report["excluded_classes"] or "none", self.output_dir,
         )
         return report, {k: v for k, v in metrics.items() if v is not None}

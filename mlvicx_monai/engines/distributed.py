@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "init_distributed",
@@ -88,19 +91,27 @@ def per_rank_batch(global_batch: int) -> int:
 def wrap_ddp(
     network: torch.nn.Module,
     device: torch.device,
-    sync_bn: bool = False,
+    sync_bn: bool | str = "auto",
     channels_last: bool = False,
     find_unused_parameters: bool = False,
 ) -> torch.nn.Module:
     """Move ``network`` to this rank's device and wrap it in DistributedDataParallel.
 
     Args:
-        sync_bn: convert BatchNorm to SyncBatchNorm (batch statistics over all ranks; CUDA only).
+        sync_bn: convert BatchNorm to SyncBatchNorm, so that every BatchNorm (encoder and expanders) normalises with
+            the statistics of the global batch, as official VICReg always does; ``"auto"``: on CUDA, off on the CPU
+            (PyTorch's SyncBatchNorm has no CPU kernel; the gloo CPU runs then normalise per rank).
         channels_last: NHWC weights (use with channels-last inputs).
         find_unused_parameters: needed when a head is unused (loss_terms ``global``/``local``).
     """
     if not is_distributed():
         raise RuntimeError("wrap_ddp needs an initialised process group (init_distributed)")
+    if sync_bn == "auto":
+        sync_bn = device.type == "cuda"
+        if not sync_bn:
+            logger.info("sync_bn auto: off on %s (SyncBatchNorm needs CUDA); BatchNorm statistics are per rank", device)
+    elif not isinstance(sync_bn, bool):
+        raise ValueError(f"sync_bn must be True, False or 'auto', got {sync_bn!r}")
     if sync_bn:
         if device.type != "cuda":
             raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU implementation); use sync_bn=false")

@@ -1,5 +1,11 @@
 """What the downstream bundles (``classify.json``, ``segment.json``) share: the pretrained-encoder source,
-per-dataset defaults, and the resumable best-checkpoint / early-stopping handlers.
+per-dataset defaults, the handlers MONAI lacks and the final test report.
+
+Handlers: best weights are MONAI's ``CheckpointSaver`` (``key_metric_save_state``), its bookkeeping carried in the
+resumable checkpoint by :class:`SaverState`; early stopping is MONAI's ``EarlyStopHandler`` with a counter that
+survives a resume (:class:`ResumableEarlyStop`); :class:`ValidationMetrics` puts the validation metrics on the
+trainer's epoch step and keeps their history; :class:`DownstreamReport` restores the best weights, evaluates the
+test split and writes ``model.pt`` / ``results.json``.
 
 Per-dataset defaults (SPEC section 3, paper section IV). A bundle tunable whose value is ``"auto"`` is
 resolved by :func:`dataset_default` from :data:`DOWNSTREAM_DEFAULTS` for the bundle's task, ``dataset`` and
@@ -8,8 +14,9 @@ resolved by :func:`dataset_default` from :data:`DOWNSTREAM_DEFAULTS` for the bun
 Where the paper gives no value (e.g. the NIH frozen learning rate) the table says so in :data:`DEFAULT_NOTES`.
 
 Pretrained source (:func:`resolve_pretrained`): a path to ``encoder.pt`` (strict load), an MLflow model URI
-(``models:/name@alias``, ``runs:/id/path``; downloaded by ``mlvicx_monai.tracking.registry.download_encoder``,
-imported only for such URIs) or ``none`` (random initialisation: the only way to get random weights).
+(``models:/name@alias``, ``runs:/id/path``; downloaded by ``mlvicx_monai.tracking.registry.download_encoder`` in the
+bundle's ``initialize``, never while a config is resolved) or ``none`` (random initialisation: the only way to get
+random weights).
 """
 
 from __future__ import annotations
@@ -20,21 +27,27 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import EarlyStopHandler
+from monai.handlers import CheckpointSaver, EarlyStopHandler
 
-from mlvicx_monai.networks.downstream_io import save_downstream
-from mlvicx_monai.networks.encoder import LEVELS, MLVICXEncoder
-from mlvicx_monai.networks.pretrained import (
-    PretrainedEncoderError,
-    build_encoder,
-    load_encoder,
+from mlvicx_monai.networks.artifacts import (
+    ArtifactError,
+    ModelKind,
+    load_model,
+    read_artifact,
+    read_torch_file,
+    save_model,
+    strict_load,
+    unwrap_model,
 )
-from mlvicx_monai.utils.atomic import atomic_write, atomic_write_json
+from mlvicx_monai.networks.encoder import LEVELS, MLVICXEncoder
+from mlvicx_monai.transforms.preprocessing import Preprocessing
+from mlvicx_monai.utils.atomic import atomic_write_json
 from mlvicx_monai.utils.hashing import sha256_file
 
 __all__ = [
@@ -44,15 +57,19 @@ __all__ = [
     "MLFLOW_URI_PREFIXES",
     "PRETRAINED_NONE",
     "PROTOCOLS",
-    "BestCheckpoint",
-    "CopyMetrics",
     "DownstreamReport",
-    "EpochLoss",
+    "PretrainedSource",
     "ResumableEarlyStop",
+    "SaverState",
+    "ValidationMetrics",
+    "check_dataset",
+    "check_evaluation_data",
     "check_protocol",
+    "read_test_metrics",
     "dataset_default",
     "resolve_pretrained",
     "resolve_settings",
+    "restore_best",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +118,46 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
+def read_test_metrics(output_dir: str | os.PathLike) -> dict[str, float]:
+    """The flat test metrics (``test/...``, ``best_epoch``) a downstream run wrote to ``output_dir/results.json``
+    (the registered version's ``mlvicx.metric.*`` tags)."""
+    path = Path(output_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run did not reach its test evaluation")
+    return dict(json.loads(path.read_text(encoding="utf-8")).get("metrics") or {})
+
+
+def check_evaluation_data(datalist: str | os.PathLike, model_path: str | os.PathLike) -> None:
+    """Before ``configs/evaluate.json`` runs: the datalist exists and the model file is a downstream model whose
+    classes the datalist has (a classifier of other classes would be scored on the wrong columns).
+
+    Raises:
+        DatalistError, ArtifactError: with what to run first.
+    """
+    from mlvicx_monai.data.datalist import read_datalist
+
+    document = read_datalist(datalist)
+    info, _ = read_artifact(model_path)
+    if info.kind is ModelKind.CLASSIFIER:
+        missing = [c for c in info.class_names or [] if c not in (document.get("class_names") or [])]
+        if missing:
+            raise ArtifactError(f"{model_path} predicts {missing}, which {datalist} does not label; evaluate it on its own dataset")
+    elif info.kind is not ModelKind.SEGMENTER:
+        raise ArtifactError(f"{model_path} holds a {info.kind.value}; evaluate.json scores classifiers and segmenters")
+
+
+def check_dataset(task: str, dataset: str) -> str:
+    """``dataset`` if the ``task`` bundle knows it; otherwise a ``ValueError`` naming the choices."""
+    if task not in DOWNSTREAM_DEFAULTS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(DOWNSTREAM_DEFAULTS)}")
+    if dataset not in DOWNSTREAM_DEFAULTS[task]:
+        raise ValueError(
+            f"unknown dataset {dataset!r} for the {task} bundle; choose one of {sorted(DOWNSTREAM_DEFAULTS[task])} "
+            "(demo = synthetic data generated on first use)"
+        )
+    return dataset
+
+
 def dataset_default(task: str, dataset: str, protocol: str, key: str, value: Any = AUTO) -> Any:
     """``value`` unless it is ``"auto"``; then the default of ``key`` for ``task``/``dataset``/``protocol``.
 
@@ -138,13 +195,83 @@ def resolve_settings(task: str, dataset: str, protocol: str, **values: Any) -> d
 # ------------------------------------------------------------------------------------------------------
 
 
+def _missing_file_hint(path: Path) -> str:
+    if path.name == "encoder.pt":
+        return (f"run the pretraining demo first: `python -m monai.bundle run --config_file bundles/pretrain.json "
+                f"--output_dir {path.parent}`")
+    return "pass the encoder.pt written by bundles/pretrain.json"
+
+
+@dataclass
+class PretrainedSource:
+    """Where the encoder of a downstream run comes from, resolved WITHOUT loading or downloading weights (so that
+    a bundle can build its ``network_def`` from :attr:`config` with no side effect); :meth:`apply` then fetches the
+    weights (a download for an MLflow URI) and loads them strictly into the network's encoder.
+
+    Attributes:
+        spec: what the user passed (``none``, a path, an MLflow URI).
+        kind: ``none`` (random initialisation), ``file`` or ``mlflow``.
+        config: the encoder architecture (:attr:`MLVICXEncoder.config`).
+        path: the local ``encoder.pt`` (``file``; for ``mlflow`` once downloaded).
+    """
+
+    spec: str
+    kind: str
+    config: dict[str, Any]
+    path: Path | None = None
+    tracking_uri: str | None = None
+    downloader: Callable[..., Path] | None = field(default=None, repr=False)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def fetch(self) -> MLVICXEncoder | None:
+        """The pretrained encoder (downloaded first for an MLflow URI); ``None`` for ``kind == "none"``.
+
+        Raises:
+            ArtifactError: the file is not an encoder artifact, or does not fit :attr:`config`.
+        """
+        if self.kind == "none":
+            self.record = {"pretrained": PRETRAINED_NONE, "kind": "none", "config": self.config}
+            return None
+        if self.kind == "mlflow" and self.path is None:
+            self.path = _download_encoder(self.spec, self.tracking_uri, self.downloader)
+        encoder, info = load_model(self.path, expect=ModelKind.ENCODER)
+        if encoder.config != self.config:
+            raise ArtifactError(f"{self.path} holds an encoder of config {encoder.config}, but {self.config} was resolved")
+        self.record = {"pretrained": self.spec, "kind": self.kind, "path": str(self.path), "sha256": sha256_file(self.path),
+                       "config": info.config, "provenance": info.provenance}
+        if self.kind == "mlflow":
+            self.record["uri"] = self.spec
+        return encoder
+
+    def apply(self, network: torch.nn.Module) -> dict[str, Any]:
+        """Copy the pretrained weights into ``network.encoder`` (classifier or U-Net), strictly; nothing for
+        ``none``. Returns the JSON-safe :attr:`record` of the source (kind, path, SHA-256, the encoder's provenance)."""
+        encoder = self.fetch()
+        if encoder is not None:
+            target = unwrap_model(network).encoder
+            strict_load(target, encoder.state_dict(), f"pretrained encoder {self.path} does not fit the network's encoder")
+        return self.record
+
+
+def _download_encoder(uri: str, tracking_uri: str | None, downloader: Callable[..., Path] | None) -> Path:
+    if downloader is None:
+        from mlvicx_monai.tracking.registry import download_encoder as downloader
+    try:
+        return Path(downloader(uri, tracking_uri=tracking_uri or None))
+    except ArtifactError:
+        raise
+    except Exception as err:
+        raise ArtifactError(f"cannot fetch the pretrained encoder {uri!r} from MLflow ({type(err).__name__}: {err})") from None
+
+
 def resolve_pretrained(
     pretrained: str | os.PathLike,
     random_init_levels: Sequence[str] = LEVELS,
     tracking_uri: str | None = None,
     downloader: Callable[..., Path] | None = None,
-) -> tuple[MLVICXEncoder, dict[str, Any]]:
-    """The encoder a downstream run starts from, and a JSON-safe record of where it came from.
+) -> PretrainedSource:
+    """Where the encoder of a downstream run comes from (see :class:`PretrainedSource`); reads at most the header of
+    a local file or the tags of a registered version, never downloads.
 
     Args:
         pretrained: ``none`` (random initialisation, the from-scratch baseline), a path to the ``encoder.pt``
@@ -152,63 +279,51 @@ def resolve_pretrained(
         random_init_levels: context-bottleneck levels of the random encoder (``none`` only); the default matches
             the pretraining default so that ``none`` and a pretrained encoder have the same architecture.
         tracking_uri: the MLflow store of a URI (empty: ``$MLFLOW_TRACKING_URI`` or the default store).
-        downloader: ``(uri, tracking_uri=...)`` -> local ``encoder.pt``; default
-            ``mlvicx_monai.tracking.registry.download_encoder``.
-
-    Returns:
-        ``(encoder, source)``; ``source`` has ``pretrained`` (as given), ``kind`` (``none``/``file``/``mlflow``),
-        ``config`` and, for a file, ``path``, ``sha256`` and the encoder's own ``provenance``.
+        downloader: ``(uri, tracking_uri=...)`` -> local ``encoder.pt`` (default
+            :func:`mlvicx_monai.tracking.registry.download_encoder`); also used to read the architecture of a
+            registered version that does not record it in its tags.
 
     Raises:
-        PretrainedEncoderError: the file is missing (with the command that makes it), not an encoder export, or
-            does not fit; an MLflow URI that cannot be resolved.
+        ArtifactError: a missing file (with the command that makes it), a file that is not an encoder artifact, an
+            MLflow URI that cannot be resolved.
     """
     text = os.fspath(pretrained).strip() if isinstance(pretrained, (str, os.PathLike)) else pretrained
     if not isinstance(text, str) or not text:
-        raise PretrainedEncoderError(
-            f"pretrained must be a path to encoder.pt, an MLflow model URI or 'none', got {pretrained!r}"
-        )
+        raise ArtifactError(f"pretrained must be a path to encoder.pt, an MLflow model URI or 'none', got {pretrained!r}")
     if text.lower() == PRETRAINED_NONE:
-        encoder = build_encoder({"levels": list(random_init_levels)})
-        return encoder, {"pretrained": PRETRAINED_NONE, "kind": "none", "config": encoder.config}
-    source: dict[str, Any] = {"pretrained": text}
+        return PretrainedSource(PRETRAINED_NONE, "none", MLVICXEncoder(levels=list(random_init_levels)).config)
     if text.startswith(MLFLOW_URI_PREFIXES):
-        if downloader is None:
-            try:
-                from mlvicx_monai.tracking.registry import (
-                    download_encoder as downloader,
-                )
-            except ImportError as err:
-                raise PretrainedEncoderError(
-                    f"pretrained={text!r} is an MLflow URI, but mlvicx_monai.tracking.registry.download_encoder is not "
-                    f"available in this installation ({err}); pass the path of a local encoder.pt instead"
-                ) from None
-        try:
-            path = Path(downloader(text, tracking_uri=tracking_uri or None))
-        except PretrainedEncoderError:
-            raise
-        except Exception as err:
-            raise PretrainedEncoderError(
-                f"cannot fetch the pretrained encoder {text!r} from MLflow ({type(err).__name__}: {err})"
-            ) from None
-        source.update(kind="mlflow", uri=text)
-    else:
-        path = Path(text)
-        source["kind"] = "file"
-        if not path.is_file():
-            hint = (
-                f"run the pretraining demo first: `python -m monai.bundle run --config_file bundles/pretrain.json "
-                f"--output_dir {path.parent}`"
-                if path.name == "encoder.pt"
-                else "pass the encoder.pt written by bundles/pretrain.json"
-            )
-            raise PretrainedEncoderError(
-                f"pretrained encoder {path} does not exist; {hint}, or pass --pretrained none for a randomly "
-                "initialised baseline"
-            )
-    encoder, info = load_encoder(path)
-    source.update(path=str(path), sha256=sha256_file(path), config=info["config"], provenance=info["provenance"])
-    return encoder, source
+        config = _registered_encoder_config(text, tracking_uri)
+        if config is None:  # a version registered without its architecture tag: read it from the weights file
+            path = _download_encoder(text, tracking_uri, downloader)
+            return PretrainedSource(text, "mlflow", read_artifact(path)[0].config, path, tracking_uri, downloader)
+        return PretrainedSource(text, "mlflow", config, None, tracking_uri, downloader)
+    path = Path(text)
+    if not path.is_file():
+        raise ArtifactError(
+            f"pretrained encoder {path} does not exist; {_missing_file_hint(path)}, or pass --pretrained none for a "
+            "randomly initialised baseline"
+        )
+    info, _ = read_artifact(path)
+    if info.kind is not ModelKind.ENCODER:
+        raise ArtifactError(f"{path} holds a {info.kind.value}, not a pretrained encoder; {_missing_file_hint(path)}")
+    return PretrainedSource(text, "file", info.config, path)
+
+
+def _registered_encoder_config(uri: str, tracking_uri: str | None) -> dict[str, Any] | None:
+    """The ``mlvicx.config`` tag of the registered version ``uri`` names (None when it has none)."""
+    try:
+        from mlvicx_monai.tracking.registry import CONFIG_TAG, RegistryError, resolve_model
+    except ImportError as err:
+        raise ArtifactError(f"pretrained={uri!r} is an MLflow URI, but the tracking package cannot be imported ({err})") from None
+    try:
+        resolved = resolve_model(uri, tracking_uri or None)
+    except RegistryError as err:
+        raise ArtifactError(f"cannot resolve the pretrained encoder {uri!r}: {err}") from None
+    if resolved.kind not in (None, ModelKind.ENCODER.value):
+        raise ArtifactError(f"{uri} is a {resolved.kind}, not a pretrained encoder (e.g. models:/mlvicx-encoder@champion)")
+    tag = resolved.tags.get(CONFIG_TAG)
+    return json.loads(tag) if tag else None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -216,78 +331,42 @@ def resolve_pretrained(
 # ------------------------------------------------------------------------------------------------------
 
 
-class BestCheckpoint:
-    """Keep the weights of the best validation epoch on disk; restore them for the test evaluation.
+class SaverState:
+    """The best-metric bookkeeping of MONAI's ``CheckpointSaver`` as a ``state_dict``/``load_state_dict`` object, so
+    that the resumable checkpoint (written atomically with the trainer's state) carries it: MONAI saves that state
+    only inside the best file itself (``key_metric_save_state``) and has no ``state_dict`` for it."""
 
-    Attach to the evaluator (the validator run by MONAI's ``ValidationHandler``). After each validation the
-    metric ``metric_name`` of ``evaluator.state.metrics`` is compared with the best so far (higher is better);
-    an improvement of more than ``min_delta`` writes ``output_dir/checkpoints/best.pt`` atomically.
-
-    Unlike MONAI's ``CheckpointSaver(save_key_metric=True)``, its state (best value and epoch) goes into the
-    resumable checkpoint (``state_dict``/``load_state_dict``), so a resumed run keeps comparing against the
-    true best instead of starting over.
-
-    Args:
-        network: the module whose weights are kept (the classifier, its head alone for the frozen
-            protocol, or the U-Net).
-        metric_name: key of the evaluator's metric.
-        output_dir: the run folder.
-        min_delta: the smallest increase that counts as an improvement.
-    """
-
-    FORMAT = "mlvicx-best-weights/1"
-
-    def __init__(self, network: torch.nn.Module, metric_name: str, output_dir: str | os.PathLike, min_delta: float = 0.0) -> None:
-        self.network = network
-        self.metric_name = metric_name
-        self.path = Path(output_dir) / "checkpoints" / "best.pt"
-        self.min_delta = float(min_delta)
-        self.best_metric: float = -math.inf
-        self.best_epoch: int = 0
-        self.history: list[tuple[int, float]] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        if self.metric_name not in engine.state.metrics:
-            raise KeyError(f"the evaluator computed no {self.metric_name!r} (it has {sorted(engine.state.metrics)})")
-        score = float(engine.state.metrics[self.metric_name])
-        epoch = int(engine.state.epoch)
-        self.history.append((epoch, score))
-        if math.isfinite(score) and score > self.best_metric + self.min_delta:
-            self.best_metric, self.best_epoch = score, epoch
-            state = {
-                "format": self.FORMAT,
-                "epoch": epoch,
-                "metric": {self.metric_name: score},
-                "state_dict": {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()},
-            }
-            atomic_write(self.path, lambda tmp: torch.save(state, tmp), fsync=True)
-            logger.info("epoch %d: best %s so far %.4f (saved %s)", epoch, self.metric_name, score, self.path)
+    def __init__(self, saver: CheckpointSaver) -> None:
+        if saver._key_metric_checkpoint is None:
+            raise ValueError("the CheckpointSaver must be built with save_key_metric=True")
+        self.saver = saver
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "history": list(self.history)}
+        return self.saver._key_metric_checkpoint.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best_metric = float(state["best_metric"])
-        self.best_epoch = int(state["best_epoch"])
-        self.history = [tuple(h) for h in state.get("history", [])]
+        self.saver.load_state_dict(dict(state))
 
-    def restore(self) -> dict[str, Any]:
-        """Load the best weights into ``network``; returns ``{"epoch", "metric"}`` of the restored state.
 
-        Raises:
-            RuntimeError: no validation improved on the initial state (e.g. every score was NaN).
-        """
-        if not self.path.is_file():
-            raise RuntimeError(
-                f"no best checkpoint at {self.path}: no validation epoch produced a finite {self.metric_name}; "
-                "check that the validation split has positive and negative cases"
-            )
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        self.network.load_state_dict(state["state_dict"], strict=True)
-        return {"epoch": state["epoch"], "metric": state["metric"]}
+def restore_best(network: torch.nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Load the best-epoch weights that MONAI's ``CheckpointSaver`` wrote (``key_metric_save_state=True``,
+    ``save_dict={"network": ..., "validation": ValidationMetrics}``) into ``network``; returns ``{"epoch", "metric"}``
+    of that validation (the saver's score and the last epoch of the validation history it saved).
+
+    Raises:
+        RuntimeError: no validation produced a best checkpoint.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise RuntimeError(
+            f"no best checkpoint at {file}: no validation epoch completed; check that the validation split has "
+            "positive and negative cases"
+        )
+    _, state = read_torch_file(file)
+    strict_load(unwrap_model(network), state["network"], f"{file} does not fit the network")
+    saved = (state.get("checkpointer") or {}).get("_saved") or [(math.nan, "")]  # ignite Checkpoint.state_dict()
+    history = (state.get("validation") or {}).get("history") or [{"epoch": 0}]
+    return {"epoch": int(history[-1]["epoch"]), "metric": float(saved[-1][0])}
 
 
 class ResumableEarlyStop(EarlyStopHandler):
@@ -342,13 +421,15 @@ class ResumableEarlyStop(EarlyStopHandler):
             self._apply(state)
 
 
-class CopyMetrics:
-    """Copy the evaluator's metrics into the trainer's ``state.metrics`` after each validation, so that the
-    trainer's MLflow handler logs them at the same epoch step (attach to the evaluator)."""
+class ValidationMetrics:
+    """After each validation: the evaluator's scalar metrics are copied into the trainer's ``state.metrics`` (so the
+    trainer's MLflow handler logs them at the trainer's epoch step) and appended to :attr:`history`, which survives a
+    resume (``state_dict``; MONAI keeps no per-epoch record). Attach to the evaluator; give the trainer with
+    :meth:`set_trainer` (in the bundle's ``initialize``, as MONAI's model-zoo bundles do)."""
 
-    def __init__(self, trainer: Engine | None = None, prefix: str = "") -> None:
+    def __init__(self, trainer: Engine | None = None) -> None:
         self.trainer = trainer
-        self.prefix = prefix
+        self.history: list[dict[str, float]] = []
 
     def set_trainer(self, trainer: Engine) -> None:
         self.trainer = trainer
@@ -358,39 +439,16 @@ class CopyMetrics:
 
     def __call__(self, engine: Engine) -> None:
         if self.trainer is None:
-            raise RuntimeError("CopyMetrics has no trainer: call set_trainer() before running")
-        for key, value in engine.state.metrics.items():
-            if isinstance(value, (int, float)):
-                self.trainer.state.metrics[f"{self.prefix}{key}"] = float(value)
+            raise RuntimeError("ValidationMetrics has no trainer: call set_trainer() before running")
+        scalars = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
+        self.trainer.state.metrics.update(scalars)
+        self.history.append({"epoch": int(self.trainer.state.epoch), **scalars})
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
 
-class EpochLoss:
-    """Mean training loss of every epoch into ``engine.state.metrics["train_loss"]`` (logged by the MLflow
-    handler) and the log. Reads ``engine.state.output["loss"]`` (MONAI trainers with ``decollate=False``)."""
-
-    def __init__(self, key: str = "train_loss") -> None:
-        self.key = key
-        self._sum = 0.0
-        self._n = 0
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._done)
-
-    def _reset(self, engine: Engine) -> None:
-        self._sum, self._n = 0.0, 0
-
-    def _add(self, engine: Engine) -> None:
-        output = engine.state.output
-        loss = output["loss"] if isinstance(output, Mapping) else output[0]["loss"]
-        self._sum += float(loss.detach() if torch.is_tensor(loss) else loss)
-        self._n += 1
-
-    def _done(self, engine: Engine) -> None:
-        mean = self._sum / max(self._n, 1)
-        engine.state.metrics[self.key] = mean
-        logger.info("epoch %d/%d: %s %.4f", engine.state.epoch, engine.state.max_epochs, self.key, mean)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history = [dict(h) for h in state.get("history", [])]
 
 
 class DownstreamReport:
@@ -398,8 +456,8 @@ class DownstreamReport:
 
     - ``output_dir/results.json``: the run record (``provenance`` + MLflow run id), the resolved ``settings``,
       training facts (epochs, best epoch, validation history) and ``test`` (:meth:`evaluate`'s summary);
-    - ``output_dir/model.pt``: the trained model with its preprocessing record
-      (:func:`~mlvicx_monai.networks.downstream_io.save_downstream`), deployable by ``bundles/infer.json``;
+    - ``output_dir/model.pt``: the trained model with its class names, threshold and :class:`Preprocessing`
+      (:func:`~mlvicx_monai.networks.artifacts.save_model`), deployable by the inference bundle;
     - the test metrics to the MLflow run (``test/...``) and to :attr:`metrics` (the registered version's tags).
 
     Subclasses implement :meth:`evaluate` (classification: AUC; segmentation: Dice) and set :attr:`task`.
@@ -407,16 +465,19 @@ class DownstreamReport:
     Args:
         output_dir: the run folder.
         network: the model saved to ``model.pt`` (the whole classifier or U-Net).
-        best: the :class:`BestCheckpoint` of the run (restored first).
+        best_path: the best-epoch file of the run's ``CheckpointSaver`` (restored first, see :func:`restore_best`).
+        trained_network: the module whose weights the best file holds (default ``network``; the classifier's head
+            for the frozen protocol).
         test_loader: test items for the evaluation.
         class_names: names of the outputs.
-        image_size, normalization: preprocessing recorded in model.pt.
-        provenance: run facts (task, dataset, datalist, protocol, fraction, seed, pretrained source ...).
+        preprocessing: the input chain (recorded in model.pt).
+        provenance: run facts (task, dataset, datalist, protocol, fraction, seed ...).
+        pretrained: the run's :class:`PretrainedSource` (its record goes into the provenance).
+        validation: the :class:`ValidationMetrics` handler (validation history).
         settings: the resolved per-dataset settings.
         tracking_run: the :class:`~mlvicx_monai.tracking.TrackedRun` (may be disabled) or None.
         threshold: decision threshold on the sigmoid output (binary accuracy; mask threshold).
         device: where the test evaluation runs.
-        source_size: side of the ingested images the model was trained from (inference resizes to it first).
     """
 
     task = "downstream"
@@ -425,68 +486,79 @@ class DownstreamReport:
         self,
         output_dir: str | os.PathLike,
         network: torch.nn.Module,
-        best: BestCheckpoint,
+        best_path: str | os.PathLike,
         test_loader: Any,
         class_names: Sequence[str],
-        image_size: int,
-        normalization: Mapping[str, float],
+        preprocessing: Preprocessing,
         provenance: Mapping[str, Any],
+        pretrained: PretrainedSource | None = None,
+        validation: ValidationMetrics | None = None,
         settings: Mapping[str, Any] | None = None,
         tracking_run: Any = None,
         threshold: float = 0.5,
         device: str | torch.device = "cpu",
-        source_size: int | None = None,
+        trained_network: torch.nn.Module | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.network = network
-        self.best = best
+        self.trained_network = trained_network if trained_network is not None else network
+        self.best_path = Path(best_path)
         self.test_loader = test_loader
         self.class_names = [str(c) for c in class_names]
-        self.image_size = int(image_size)
-        self.normalization = dict(normalization)
+        self.preprocessing = preprocessing
         self.provenance = dict(provenance)
+        self.pretrained = pretrained
+        self.validation = validation
         self.settings = dict(settings or {})
         self.run = tracking_run
         self.threshold = float(threshold)
         self.device = torch.device(device)
-        self.source_size = source_size
         self.results: dict[str, Any] | None = None
         self.metrics: dict[str, float] = {}
 
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        """What inference needs besides the weights (stored in model.pt and in the registered version)."""
-        return {"class_names": self.class_names, "image_size": self.image_size, "normalization": self.normalization,
-                "threshold": self.threshold, "source_size": self.source_size}
-
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
+
+    def evaluate_model_file(self, model_path: str | os.PathLike) -> dict[str, Any]:
+        """Evaluate a trained ``model.pt`` on the test split without training (``configs/evaluate.json``): its weights
+        are loaded strictly into the network, the evaluation is written to ``output_dir/evaluation.json`` (plus the
+        per-image CSV of the task) and returned."""
+        model, info = load_model(model_path, expect=ModelKind.of(self.network))
+        strict_load(unwrap_model(self.network), model.state_dict(), f"{model_path} does not fit the bundle's network")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        summary, metrics = self.evaluate()
+        record = {"model": str(model_path), "model_sha256": sha256_file(model_path), "model_provenance": info.provenance,
+                  "evaluation": {k: v for k, v in self.provenance.items() if k != "n_images"}, "test": summary,
+                  "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}}
+        atomic_write_json(self.output_dir / "evaluation.json", json.loads(json.dumps(record, default=str)))
+        logger.info("evaluation of %s written to %s", model_path, self.output_dir / "evaluation.json")
+        return record
 
     def evaluate(self) -> tuple[dict[str, Any], dict[str, float]]:
         """``(summary for results.json["test"], MLflow metrics)`` of the restored model on the test split."""
         raise NotImplementedError
 
     def __call__(self, engine: Engine) -> None:
-        restored = self.best.restore()
+        restored = restore_best(self.trained_network, self.best_path)
         summary, metrics = self.evaluate()
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         metrics["best_epoch"] = float(restored["epoch"])
         run_id = getattr(self.run, "run_id", None) if self.run is not None else None
-        provenance = {**self.provenance, "mlflow_run_id": run_id}
+        provenance = {**self.provenance, "pretrained": self.pretrained.record if self.pretrained else None,
+                      "mlflow_run_id": run_id}
         training = {
             "epochs_trained": int(engine.state.epoch),
             "max_epochs": int(engine.state.max_epochs),
             "best_epoch": restored["epoch"],
             "best_validation": restored["metric"],
-            "validation_history": [list(h) for h in self.best.history],
+            "validation_history": self.validation.history if self.validation is not None else [],
         }
-        self.results = {**provenance, "settings": self.settings, "training": training, "test": summary}
-        save_downstream(
-            self.network,
-            self.output_dir / "model.pt",
+        self.results = {**provenance, "settings": self.settings, "training": training, "test": summary, "metrics": metrics}
+        save_model(
+            self.network, self.output_dir / "model.pt", preprocessing=self.preprocessing, class_names=self.class_names,
+            threshold=self.threshold,
             provenance={**provenance, "task": self.task, "best_epoch": restored["epoch"],
                         "best_validation": restored["metric"], "test": metrics},
-            **self.preprocessing,
         )
         atomic_write_json(self.output_dir / "results.json", json.loads(json.dumps(self.results, default=str)))
         self.metrics = metrics

@@ -73,7 +73,8 @@ class TrainingMonitor:
     fraction of dimensions below 0.1, for the global (``std/global``) and multi-level (``std/local``)
     embeddings; and the same for the scale-free ``nstd/*`` (std of L2-normalised embeddings x sqrt(d):
     ~1 when the embeddings spread over all directions, 0 when they collapse to a point), which a
-    shrinking output scale cannot fake. ``engine.state.epoch_stats`` gets epoch time and epoch-average throughput and loss.
+    shrinking output scale cannot fake. ``engine.state.epoch_stats`` gets epoch time and epoch-average throughput and loss;
+    ``engine.state.embedding_std`` the last per-dimension std arrays (what :class:`EncoderExport` records).
     """
 
     def __init__(self, every: int = 10, optimizer: torch.optim.Optimizer | None = None, log: bool = True) -> None:
@@ -93,6 +94,7 @@ class TrainingMonitor:
     def attach(self, engine: Engine) -> None:
         engine.state.train_stats = {}
         engine.state.epoch_stats = {}
+        engine.state.embedding_std = {}
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._count)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self._interval)
@@ -123,6 +125,7 @@ class TrainingMonitor:
             if key in output:
                 std = output[key].float()
                 self.last_std[key] = std.detach().cpu()
+                engine.state.embedding_std = dict(self.last_std)
                 stats[f"{key}_mean"] = float(std.mean())
                 stats[f"{key}_min"] = float(std.min())
                 stats[f"{key}_frac_below_0.1"] = float((std < 0.1).float().mean())

@@ -47,13 +47,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Compose
 from PIL import Image
 
 from mlvicx_monai.data.deid import Pseudonymizer, phi_tokens, phi_values, redact
 from mlvicx_monai.data.dicom import CXRDecodeError, decode_cxr, read_dicom
 from mlvicx_monai.data.images import load_png, sniff_format
 from mlvicx_monai.data.pacs import FileRejected, PacsFilter, check_header, is_dicomdir_name
-from mlvicx_monai.networks.downstream_io import DownstreamModelError, load_downstream
+from mlvicx_monai.data.ingest import cache_image
+from mlvicx_monai.networks.artifacts import ArtifactError, ModelKind, load_model
 from mlvicx_monai.utils.atomic import atomic_write, atomic_write_csv
 from mlvicx_monai.utils.hashing import sha256_file
 
@@ -63,6 +65,7 @@ __all__ = [
     "InputError",
     "gradcam_normalizer",
     "heatmap_overlay",
+    "input_folder",
     "prepare_input",
     "resolve_model",
 ]
@@ -82,7 +85,7 @@ def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> 
     :func:`mlvicx_monai.tracking.registry.download_model` from ``tracking_uri`` (``$MLFLOW_TRACKING_URI`` wins).
 
     Raises:
-        DownstreamModelError: the path does not exist (with the command that makes the demo model).
+        ArtifactError: the path does not exist (with the command that makes the demo model).
         mlvicx_monai.tracking.registry.RegistryError: the URI cannot be resolved (unknown model, version or alias,
             an encoder instead of a downstream model, an unreachable server).
     """
@@ -94,12 +97,18 @@ def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> 
     path = Path(text)
     if not path.is_file():
         hint = (
-            "train the demo classifier first: `python -m monai.bundle run --config_file bundles/classify.json`"
+            "train the demo classifier first: `python -m monai.bundle run --config_file bundles/mlvicx_cxr/configs/classify.json`"
             if path.parent.name == "classify"
-            else "train one with bundles/classify.json or bundles/segment.json (they write output_dir/model.pt)"
+            else "train one with the classify.json or segment.json bundle (they write output_dir/model.pt)"
         )
-        raise DownstreamModelError(f"model {path} does not exist; {hint}")
+        raise ArtifactError(f"model {path} does not exist; {hint}")
     return path
+
+
+def input_folder(input_dir: str | os.PathLike, demo_dir: str | os.PathLike) -> Path:
+    """The folder to process: ``input_dir``, or for ``"demo"`` the synthetic export under ``demo_dir`` (no file is read
+    or written: :func:`prepare_input` makes it)."""
+    return Path(demo_dir) / "export" if os.fspath(input_dir) == DEMO_INPUT else Path(input_dir)
 
 
 def prepare_input(input_dir: str | os.PathLike, demo_dir: str | os.PathLike, n_images: int = 16, seed: int = 0, size: int = 256) -> Path:
@@ -205,10 +214,11 @@ class CXRInference:
         self.input_dir = Path(input_dir)
         self.output_dir = Path(output_dir)
         self.device = torch.device(device)
-        self.model, self.info = load_downstream(model_path, map_location=self.device, require_preprocessing=True)
-        self.model.to(self.device).eval()
-        self.kind = self.info["kind"]
-        self.class_names = list(self.info["class_names"])
+        self.model, self.info = load_model(
+            model_path, expect=(ModelKind.CLASSIFIER, ModelKind.SEGMENTER), map_location=self.device, require_preprocessing=True
+        )
+        self.kind = self.info.kind.value
+        self.class_names = list(self.info.class_names)
         self.top_k = min(top_k, len(self.class_names))
         if not 0.0 <= float(min_probability) <= 1.0:
             raise ValueError(f"min_probability must be in [0, 1], got {min_probability!r}")
@@ -217,42 +227,25 @@ class CXRInference:
         self.filter = PacsFilter() if filter_headers else None
         self.save_heatmaps = save_heatmaps
         self.pseudo = Pseudonymizer.from_file(deid_secret or None, outputs=[self.output_dir])
-        self.source_size = self.info.get("source_size")
-        self.transform = self._transform()
+        self.preprocessing = self.info.preprocessing
+        self.source_size = self.preprocessing.source_size
+        self.threshold = self.info.threshold if self.info.threshold is not None else 0.5
+        # the model's own chain after the ingestion step (the same factory its training bundle used)
+        self.transform = Compose([*self.preprocessing.cached("image"), *self.preprocessing.runtime("image")])
         self._cam = None
         self.summary: dict[str, Any] = {}
 
     # ---- preprocessing ------------------------------------------------------------------------------
-    def _transform(self):
-        from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, Resized
-
-        from mlvicx_monai.transforms.cache import DequantizeUint8d, QuantizeUint8d
-
-        size = int(self.info["image_size"])
-        norm = self.info["normalization"]
-        return Compose(
-            [
-                Resized("image", spatial_size=(size, size), mode="bilinear", anti_aliasing=True),
-                QuantizeUint8d("image"),
-                DequantizeUint8d("image"),
-                NormalizeIntensityd("image", subtrahend=norm["mean"], divisor=norm["std"]),
-                EnsureTyped("image", dtype=torch.float32, track_meta=False),
-            ]
-        )
-
     def display_image(self, image: np.ndarray) -> np.ndarray:
-        """The decoded image as ingestion cached it, before the model's own resize: resized (Lanczos) to the
-        cache's square side when the model records one; heat maps are drawn on it."""
+        """The decoded image as ingestion cached it (:func:`~mlvicx_monai.data.ingest.cache_image`, the ingestion's own
+        code) when the model records the cache side, else the decoded image; heat maps are drawn on it."""
         if self.source_size:
-            s = int(self.source_size)
-            return _resize(image, s, s, Image.Resampling.LANCZOS)
+            return cache_image(image, int(self.source_size)).astype(np.float32) / np.float32(255.0)
         return image
 
     def network_input(self, display: np.ndarray) -> torch.Tensor:
-        """:meth:`display_image`'s output -> network input ``[1, 1, S, S]`` (8-bit rounding of the cache, then the
-        bundle's transforms, as in training)."""
-        if self.source_size:
-            display = np.round(np.clip(display, 0, 1) * 255.0) / 255.0
+        """:meth:`display_image`'s output -> network input ``[1, 1, S, S]``: the model's preprocessing chain after the
+        ingestion step (:meth:`Preprocessing.cached` + :meth:`Preprocessing.runtime`), as in training."""
         x = self.transform({"image": torch.as_tensor(display, dtype=torch.float32)[None]})["image"]
         return x[None].to(self.device)
 
@@ -314,7 +307,7 @@ class CXRInference:
             prob = torch.sigmoid(self.model(x))[0, 0].float().cpu().numpy()
         rows, cols = item.image.shape
         prob_full = np.clip(_resize(prob, rows, cols, Image.Resampling.BILINEAR), 0, 1)
-        mask = prob_full > float(self.info.get("threshold", 0.5))
+        mask = prob_full > float(self.threshold)
         folder = self.output_dir / "masks"
         folder.mkdir(parents=True, exist_ok=True)
         _write_png(folder / f"{item.id}_mask.png", mask.astype(np.uint8) * 255)

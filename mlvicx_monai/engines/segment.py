@@ -1,12 +1,14 @@
-"""Pneumothorax segmentation transfer (``bundles/segment.json``): data items and the final test report.
+"""Pneumothorax segmentation transfer (``segment.json``): data items, the Dice metrics and the final test report.
 
-Two Dice numbers are reported, always under these names (SPEC section 3):
+Two Dice numbers are reported, always under these names (SPEC section 3), both computed by MONAI metrics on
+``sigmoid(logits) > threshold`` (the bundles' ``postprocessing``):
 
 - ``mean_dice_per_image``: Dice of every test image, then the mean over images, with the SIIM-ACR convention for
-  images without pneumothorax (empty truth and empty prediction = 1, empty truth and a non-empty prediction = 0);
-- ``global_dice``: ``2 * sum(P & T) / (sum(P) + sum(T))`` over all pixels of all test images pooled.
-
-Both come from :class:`mlvicx_monai.metrics.DiceAccumulator` on ``sigmoid(logits) > threshold``.
+  images without pneumothorax (empty truth and empty prediction = 1, empty truth and a non-empty prediction = 0):
+  ``DiceMetric(include_background=True, ignore_empty=False)``;
+- ``global_dice``: ``2 * sum(P & T) / (sum(P) + sum(T))`` over all pixels of all test images pooled: the F1 score of
+  the pooled confusion matrix, ``ConfusionMatrixMetric(metric_name="f1 score", compute_sample=False, reduction="sum")``
+  (1 when every truth and every prediction is empty).
 """
 
 from __future__ import annotations
@@ -14,21 +16,27 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from monai.utils import convert_to_tensor
-from monai.data import DataLoader
+from ignite.engine import Engine, Events
+from monai.handlers import ConfusionMatrix, IgniteMetricHandler
+from monai.handlers.utils import from_engine
+from monai.metrics import DiceMetric
 
 from mlvicx_monai.data.datalist import DatalistError, load_datalist
 from mlvicx_monai.engines.downstream import DownstreamReport
-from mlvicx_monai.metrics import DiceAccumulator
 from mlvicx_monai.utils.atomic import atomic_write_csv
 
-__all__ = ["DICE_DEFINITIONS", "SEGMENT_DATASETS", "SegmentationReport", "segmentation_items"]
+__all__ = [
+    "DICE_DEFINITIONS",
+    "SEGMENT_DATASETS",
+    "SegmentationReport",
+    "global_dice_metric",
+    "ids_as_meta",
+    "mean_dice_metric",
+    "segmentation_items",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,21 @@ DICE_DEFINITIONS = {
     "empty truth & non-empty prediction = 0 (SIIM-ACR leaderboard convention)",
     "global_dice": "2 * sum(P & T) / (sum(P) + sum(T)) over all pixels of all images pooled",
 }
+
+_PAIR = from_engine(["pred", "label"])
+
+
+def mean_dice_metric(output_transform=_PAIR) -> IgniteMetricHandler:
+    """Per-image mean Dice, SIIM-ACR convention (MONAI ``DiceMetric``, ``ignore_empty=False``: MONAI's ``MeanDice``
+    handler does not expose it and would score empty truths NaN); per-image values in ``engine.state.metric_details``."""
+    metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+    return IgniteMetricHandler(metric_fn=metric, output_transform=output_transform, save_details=True)
+
+
+def global_dice_metric(output_transform=_PAIR) -> ConfusionMatrix:
+    """Global Dice: F1 of the confusion matrix pooled over every pixel of every image."""
+    return ConfusionMatrix(include_background=True, metric_name="f1 score", compute_sample=False, reduction="sum",
+                           output_transform=output_transform, save_details=False)
 
 
 def segmentation_items(datalist_path: str | os.PathLike, split: str, fraction: float | None = None) -> list[dict[str, Any]]:
@@ -63,79 +86,67 @@ def segmentation_items(datalist_path: str | os.PathLike, split: str, fraction: f
     return items
 
 
-def _write_per_image(path: Path, rows: list[tuple[str, int, int, float]]) -> None:
-    table = [[ident, n_true, n_pred, f"{dice:.8g}"] for ident, n_true, n_pred, dice in rows]
-    atomic_write_csv(path, table, header=["id", "truth_pixels", "pred_pixels", "dice"])
-
-
-@torch.no_grad()
-def evaluate_segmentation(
-    network: torch.nn.Module, loader: DataLoader, device: torch.device, threshold: float = 0.5
-) -> tuple[dict[str, Any], list[tuple[str, int, int, float]]]:
-    """Dice of ``network`` on ``loader`` (items with ``image``, ``label`` = mask, ``id``).
-
-    Returns:
-        ``(summary, rows)``: ``summary`` has ``mean_dice_per_image``, ``global_dice`` (see :data:`DICE_DEFINITIONS`),
-        ``n_images``, ``n_empty_truth``, ``mean_dice_nonempty_truth`` and ``empty_truth_correct`` (fraction of
-        images without pneumothorax predicted empty); ``rows`` = ``(id, truth pixels, predicted pixels, dice)``.
-    """
-    logit_threshold = math.log(threshold / (1.0 - threshold))
-    acc = DiceAccumulator()
-    rows: list[tuple[str, int, int, float]] = []
-    was_training = network.training
-    network.eval()
-    try:
-        for batch in loader:
-            x = convert_to_tensor(batch["image"], device=device, track_meta=False)
-            pred = (network(x) > logit_threshold).cpu()
-            truth = torch.as_tensor(batch["label"]) > 0.5
-            dice = acc.update(pred, truth)
-            n_pred = pred.flatten(1).sum(1).tolist()
-            n_true = truth.flatten(1).sum(1).tolist()
-            rows.extend(zip((str(i) for i in batch["id"]), map(int, n_true), map(int, n_pred), map(float, dice)))
-    finally:
-        network.train(was_training)
-    result = acc.compute()
-    per_image = acc.per_image()
-    empty = np.array([r[1] == 0 for r in rows])
-    summary = {
-        "mean_dice_per_image": result["mean_dice"],
-        "global_dice": result["global_dice"],
-        "n_images": result["n_images"],
-        "n_empty_truth": result["n_empty_truth"],
-        "mean_dice_nonempty_truth": float(per_image[~empty].mean()) if (~empty).any() else None,
-        "empty_truth_correct": float(per_image[empty].mean()) if empty.any() else None,
-        "threshold": float(threshold),
-        "definitions": DICE_DEFINITIONS,
-    }
-    return summary, rows
+def ids_as_meta(batch: dict[str, Any]) -> list[dict[str, str]]:
+    """``batch_transform`` of MONAI's ``MetricsSaver``: the items' ids as the file names of its per-image rows."""
+    return [{"filename_or_obj": str(i)} for i in batch["id"]]
 
 
 class SegmentationReport(DownstreamReport):
-    """:class:`~mlvicx_monai.engines.downstream.DownstreamReport` of segmentation: the test evaluation writes
+    """:class:`~mlvicx_monai.engines.downstream.DownstreamReport` of segmentation: runs ``test_evaluator`` (a MONAI
+    evaluator over the test split with the two Dice metrics ``mean_dice_per_image`` / ``global_dice`` and the
+    bundle's postprocessing) on the restored best weights and writes
 
     - ``output_dir/test_dice.csv``: ``id, truth_pixels, pred_pixels, dice`` per test image;
-    - ``results.json["test"]`` = :func:`evaluate_segmentation` (``mean_dice_per_image`` and ``global_dice``, with
-      their definitions);
+    - ``results.json["test"]``: both Dice numbers with their definitions, the Dice of the images with a
+      pneumothorax and the fraction of images without one that are predicted empty;
     - MLflow metrics ``test/mean_dice_per_image``, ``test/global_dice``, ``test/mean_dice_nonempty_truth``,
       ``test/empty_truth_correct``.
 
-    ``network`` is the U-Net; ``threshold`` the mask threshold on the sigmoid output; ``class_names`` the
-    foreground class (default ``["Pneumothorax"]``).
+    ``class_names`` is the foreground class (default ``["Pneumothorax"]``).
     """
 
     task = "segmentation"
 
-    def __init__(self, *args: Any, class_names: Sequence[str] = ("Pneumothorax",), **kwargs: Any) -> None:
+    def __init__(self, *args: Any, test_evaluator: Engine, class_names=("Pneumothorax",), **kwargs: Any) -> None:
         super().__init__(*args, class_names=class_names, **kwargs)
+        self.test_evaluator = test_evaluator
+        self._rows: list[tuple[str, int, int]] = []
+        test_evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._count)
+
+    def _count(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        pred, truth = output["pred"], output["label"]
+        n_pred = pred.flatten(1).sum(1).tolist()
+        n_true = truth.flatten(1).sum(1).tolist()
+        self._rows.extend(zip((str(i) for i in batch["id"]), map(int, n_true), map(int, n_pred)))
 
     def evaluate(self) -> tuple[dict[str, Any], dict[str, float]]:
-        summary, rows = evaluate_segmentation(self.network, self.test_loader, self.device, self.threshold)
-        _write_per_image(self.output_dir / "test_dice.csv", rows)
+        self._rows = []
+        self.test_evaluator.run()
+        metrics = dict(self.test_evaluator.state.metrics)
+        per_image = self.test_evaluator.state.metric_details["mean_dice_per_image"].flatten().cpu().numpy()
+        if len(per_image) != len(self._rows):
+            raise RuntimeError(f"{len(per_image)} per-image Dice values for {len(self._rows)} test images")
+        empty = np.array([n_true == 0 for _, n_true, _ in self._rows])
+        global_dice = float(metrics["global_dice"])
+        if math.isnan(global_dice) and not any(n_true or n_pred for _, n_true, n_pred in self._rows):
+            global_dice = 1.0  # nothing to find and nothing found
+        summary = {
+            "mean_dice_per_image": float(metrics["mean_dice_per_image"]),
+            "global_dice": global_dice,
+            "n_images": len(self._rows),
+            "n_empty_truth": int(empty.sum()),
+            "mean_dice_nonempty_truth": float(per_image[~empty].mean()) if (~empty).any() else None,
+            "empty_truth_correct": float(per_image[empty].mean()) if empty.any() else None,
+            "threshold": self.threshold,
+            "definitions": DICE_DEFINITIONS,
+        }
+        rows = [[ident, n_true, n_pred, f"{dice:.8g}"] for (ident, n_true, n_pred), dice in zip(self._rows, per_image)]
+        atomic_write_csv(self.output_dir / "test_dice.csv", rows, header=["id", "truth_pixels", "pred_pixels", "dice"])
         logger.info(
-            "test: per-image mean Dice %.4f, global Dice %.4f (%d images, %d without pneumothorax); results in %s",
+            "test: per-image mean Dice %.4f, global Dice %.4f (%d images, %d without pneumothorax); details in %s",
             summary["mean_dice_per_image"], summary["global_dice"], summary["n_images"], summary["n_empty_truth"],
-            self.output_dir / "results.json",
+            self.output_dir,
         )
         keys = ("mean_dice_per_image", "global_dice", "mean_dice_nonempty_truth", "empty_truth_correct")
         return summary, {f"test/{key}": summary[key] for key in keys if summary[key] is not None}

@@ -1,5 +1,5 @@
 """Networks: context-bottleneck block, MLVICX encoder (ResNet18), multi-level aggregator, expanders, the
-siamese model, the exported encoder (``encoder.pt``), and the downstream classifier and U-Net.
+siamese model, the downstream classifier and U-Net, and their one file format (:mod:`.artifacts`).
 
 Importing this package registers the MLVICX backbones with MONAI's ``FlexibleUNet``.
 """
@@ -9,25 +9,24 @@ from .cbam import ContextBottleneck
 from .encoder import LEVEL_CHANNELS, LEVEL_STRIDES, LEVELS, EncoderOutput, MLVICXEncoder
 from .expander import Expander
 from .mlvicx import MLVICX, build_model
-from .pretrained import ENCODER_FORMAT, PretrainedEncoderError, build_encoder, encoder_config, load_encoder, save_encoder
 from .classifier import CXRClassifier, build_classifier, resolve_encoder
 from .unet import MLVICX_BACKBONE, MLVICXFlexEncoder, MLVICXUNet, build_segmenter, register_mlvicx_backbone
+from .artifacts import ArtifactError, ArtifactInfo, ModelKind, load_model, save_model
 
 __all__ = [
-    "ENCODER_FORMAT",
+    "ArtifactError",
+    "ArtifactInfo",
+    "ModelKind",
     "MLVICX_BACKBONE",
     "CXRClassifier",
     "MLVICXFlexEncoder",
     "MLVICXUNet",
-    "PretrainedEncoderError",
     "build_classifier",
-    "build_encoder",
     "build_segmenter",
-    "encoder_config",
-    "load_encoder",
+    "load_model",
     "register_mlvicx_backbone",
     "resolve_encoder",
-    "save_encoder",
+    "save_model",
     "LEVELS",
     "LEVEL_CHANNELS",
     "LEVEL_STRIDES",

@@ -29,12 +29,11 @@ import torch
 import torch.nn as nn
 
 from mlvicx_monai.networks.encoder import MLVICXEncoder
-from mlvicx_monai.networks.pretrained import build_encoder, load_encoder
 
 __all__ = ["CXRClassifier", "EncoderSource", "FrozenEncoderMixin", "build_classifier", "resolve_encoder"]
 
 #: What downstream builders accept as the encoder: an encoder module (used as is), a path to ``encoder.pt``
-#: (loaded strictly by :func:`~mlvicx_monai.networks.pretrained.load_encoder`) or a configuration mapping
+#: (loaded strictly by :func:`~mlvicx_monai.networks.artifacts.load_model`) or a configuration mapping
 #: (a randomly initialised encoder, e.g. the from-scratch baseline).
 EncoderSource = MLVICXEncoder | str | os.PathLike | Mapping
 
@@ -44,14 +43,16 @@ def resolve_encoder(source: EncoderSource) -> MLVICXEncoder:
 
     Raises:
         TypeError: ``source`` is none of the accepted kinds.
-        PretrainedEncoderError: a path that is missing or does not hold a fitting encoder export.
+        ArtifactError: a path that is missing or does not hold a fitting encoder artifact.
     """
     if isinstance(source, MLVICXEncoder):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return load_encoder(source)[0]
+        from mlvicx_monai.networks.artifacts import ModelKind, load_model
+
+        return load_model(source, expect=ModelKind.ENCODER)[0]
     if isinstance(source, Mapping):
-        return build_encoder(dict(source))
+        return MLVICXEncoder.from_config(source)
     raise TypeError(
         "expected an MLVICXEncoder, a path to encoder.pt or an encoder configuration mapping, "
         f"got {type(source).__name__}."
@@ -73,6 +74,8 @@ class FrozenEncoderMixin:
     def set_encoder_frozen(self, frozen: bool) -> None:
         """Freeze (or unfreeze) the encoder: ``requires_grad`` of its parameters and its train/eval mode."""
         self._freeze_encoder = bool(frozen)
+        if hasattr(self, "_config"):
+            self._config["freeze_encoder"] = self._freeze_encoder
         for p in self.encoder.parameters():
             p.requires_grad_(not self._freeze_encoder)
         self.train(self.training)  # type: ignore[attr-defined]
@@ -95,14 +98,14 @@ def _check_encoder(encoder: Any) -> None:
     if type(encoder).forward is not MLVICXEncoder.forward:
         raise TypeError(
             f"{type(encoder).__name__} overrides forward() (e.g. the U-Net backbone returns a feature list); "
-            "pass a plain MLVICXEncoder: build_encoder(encoder_config(e)) then load_state_dict(e.state_dict())."
+            "pass a plain MLVICXEncoder: MLVICXEncoder.from_config(e.config) then load_state_dict(e.state_dict())."
         )
 
 
 class CXRClassifier(FrozenEncoderMixin, nn.Module):
     """MLVICX encoder + one linear layer on the pooled 512-d representation.
 
-    ``logits = head(dropout(encoder(x).pooled))``; the encoder keeps its context-bottleneck blocks.
+    ``logits = head(dropout(encoder(x)))`` (``encoder(x)`` is the pooled ``[B, 512]``); the encoder keeps its context-bottleneck blocks.
 
     Args:
         encoder: the (pretrained) :class:`MLVICXEncoder`; used as is, not copied.
@@ -111,8 +114,11 @@ class CXRClassifier(FrozenEncoderMixin, nn.Module):
         dropout: dropout probability on the pooled features before the head (0: none).
 
     Input ``x`` ``[B, in_channels, H, W]`` (``in_channels`` of the encoder, 1 for radiographs; H, W >= 32);
-    output logits ``[B, num_classes]``.
+    output logits ``[B, num_classes]``. :attr:`config` (the constructor arguments, the encoder's as its own config)
+    and :meth:`from_config` rebuild the architecture.
     """
+
+    __jit_unused_properties__ = ["config", "freeze_encoder", "gradcam_target_layer"]
 
     def __init__(
         self, encoder: MLVICXEncoder, num_classes: int, freeze_encoder: bool = False, dropout: float = 0.0
@@ -127,7 +133,28 @@ class CXRClassifier(FrozenEncoderMixin, nn.Module):
         self.num_classes = num_classes
         self.dropout = nn.Dropout(float(dropout)) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(encoder.feature_dim, num_classes)
+        self._config = {"encoder": encoder.config, "num_classes": int(num_classes),
+                                        "freeze_encoder": bool(freeze_encoder), "dropout": float(dropout)}
         self.set_encoder_frozen(freeze_encoder)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, with the encoder's :attr:`~MLVICXEncoder.config` under ``encoder``."""
+        return {**self._config, "encoder": self.encoder.config}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "CXRClassifier":
+        """An untrained classifier (random encoder and head) of the architecture ``config`` describes.
+
+        Raises:
+            ValueError: a missing or unknown key, or an invalid value.
+        """
+        known = {"encoder", "num_classes", "freeze_encoder", "dropout"}
+        unknown, missing = sorted(set(config) - known), sorted({"encoder", "num_classes"} - set(config))
+        if unknown or missing:
+            raise ValueError(f"classifier config {dict(config)}: unknown keys {unknown}, missing keys {missing}.")
+        return cls(MLVICXEncoder.from_config(config["encoder"]), int(config["num_classes"]),
+                   bool(config.get("freeze_encoder", False)), float(config.get("dropout", 0.0)))
 
     @property
     def gradcam_target_layer(self) -> str:
@@ -136,7 +163,7 @@ class CXRClassifier(FrozenEncoderMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[B, in_channels, H, W]`` -> logits ``[B, num_classes]``."""
-        return self.head(self.dropout(self.encoder(x).pooled))
+        return self.head(self.dropout(self.encoder(x)))
 
 
 def build_classifier(
@@ -144,7 +171,7 @@ def build_classifier(
 ) -> CXRClassifier:
     """A :class:`CXRClassifier` from an encoder module, a path to ``encoder.pt`` or an encoder configuration.
 
-    A path is loaded strictly (a missing or mismatched checkpoint raises ``PretrainedEncoderError``); a
-    configuration mapping gives a randomly initialised encoder (from-scratch baseline).
+    A path is loaded strictly (a missing or mismatched file raises ``ArtifactError``); a configuration mapping
+    gives a randomly initialised encoder (from-scratch baseline).
     """
     return CXRClassifier(resolve_encoder(encoder_or_config), num_classes, freeze_encoder, dropout)

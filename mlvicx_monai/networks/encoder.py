@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -43,7 +43,9 @@ class MLVICXEncoder(ResNet):
     feed_forward=False)`` (the torchvision ResNet18 layout): same modules, same ``state_dict`` keys.
 
     ``state_dict()`` of this module is the pretrained encoder (``encoder.pt``); it loads strictly only into an
-    encoder of the same configuration (the block parameters live under ``context.<level>.``).
+    encoder of the same configuration (the block parameters live under ``context.<level>.``). :attr:`config` holds
+    the constructor arguments as given (stored, never read back from the modules) and :meth:`from_config` rebuilds
+    the same architecture from them.
 
     Args:
         levels: levels refined by a context-bottleneck block, a subset of :data:`LEVELS` (any order, no
@@ -54,11 +56,14 @@ class MLVICXEncoder(ResNet):
         zero_init_residual: zero-initialise the last BN of every residual block (official VICReg does;
             the MLVICX authors use the torchvision default, ``False``).
 
-    Input ``[B, in_channels, H, W]`` (H, W multiples of 32 give exact strides); output :class:`EncoderOutput`.
-    TorchScript-compatible (``torch.jit.script``), like MONAI's ResNet.
+    Input ``[B, in_channels, H, W]`` (H, W multiples of 32 give exact strides); ``forward`` returns the pooled
+    representation ``[B, 512]`` (what the encoder exports), :meth:`encode` the :class:`EncoderOutput` with the
+    feature pyramid too. TorchScript-compatible (``torch.jit.script``), like MONAI's ResNet.
     """
 
     __jit_unused_properties__ = ["config", "feature_dim", "level_channels", "level_strides"]
+    #: constructor arguments recorded in :attr:`config`
+    CONFIG_KEYS: tuple[str, ...] = ("levels", "in_channels", "reduction", "spatial_kernel_size", "zero_init_residual")
 
     def __init__(
         self,
@@ -76,8 +81,9 @@ class MLVICXEncoder(ResNet):
             raise ValueError(f"unknown encoder level(s) {unknown}; choose from {LEVELS}.")
         if len(set(levels)) != len(levels):
             raise ValueError(f"duplicate encoder levels in {levels}.")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}.")
+        for name, value in (("in_channels", in_channels), ("reduction", reduction), ("spatial_kernel_size", spatial_kernel_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         super().__init__(
             block=ResNetBlock,
             layers=[2, 2, 2, 2],
@@ -95,6 +101,13 @@ class MLVICXEncoder(ResNet):
         self.in_channels = in_channels
         self.reduction = reduction
         self.spatial_kernel_size = spatial_kernel_size
+        self._config = {
+            "levels": list(self.levels),
+            "in_channels": int(in_channels),
+            "reduction": int(reduction),
+            "spatial_kernel_size": int(spatial_kernel_size),
+            "zero_init_residual": bool(zero_init_residual),
+        }
         self.context = nn.ModuleDict(
             {lvl: ContextBottleneck(LEVEL_CHANNELS[lvl], reduction, spatial_kernel_size) for lvl in self.levels}
         )
@@ -105,13 +118,22 @@ class MLVICXEncoder(ResNet):
 
     @property
     def config(self) -> dict[str, Any]:
-        """Constructor arguments that rebuild this architecture (same modules, same ``state_dict`` keys)."""
-        return {
-            "levels": list(self.levels),
-            "in_channels": self.in_channels,
-            "reduction": self.reduction,
-            "spatial_kernel_size": self.spatial_kernel_size,
-        }
+        """The constructor arguments (JSON-safe copy): :meth:`from_config` rebuilds the same modules and keys."""
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._config.items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "MLVICXEncoder":
+        """An untrained encoder of the architecture ``config`` describes (see :attr:`config`).
+
+        Raises:
+            TypeError: ``config`` is not a mapping. ValueError: an unknown key or an invalid value.
+        """
+        if not isinstance(config, Mapping):
+            raise TypeError(f"an encoder config must be a mapping, got {type(config).__name__}.")
+        unknown = sorted(set(config) - set(cls.CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"unknown encoder config key(s) {unknown}; expected a subset of {list(cls.CONFIG_KEYS)}.")
+        return cls(**dict(config))
 
     @property
     def feature_dim(self) -> int:
@@ -151,10 +173,17 @@ class MLVICXEncoder(ResNet):
     def feature_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The five maps as a list in stride order 2, 4, 8, 16, 32 (e.g. for a U-Net decoder)."""
         feats = self.forward_features(x)
-        return [feats[lvl] for lvl in LEVELS]
+        return [feats["stem"], feats["layer1"], feats["layer2"], feats["layer3"], feats["layer4"]]  # scriptable
 
-    def forward(self, x: torch.Tensor) -> EncoderOutput:  # type: ignore[override]
+    def pool(self, layer4: torch.Tensor) -> torch.Tensor:
+        """Global average of the (refined) layer4 map ``[B, 512, h, w]`` -> ``[B, 512]``."""
+        return torch.flatten(self.avgpool(layer4), 1)
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
         """``x`` ``[B, in_channels, H, W]`` -> ``EncoderOutput(pooled [B, 512], features)``."""
         feats = self.forward_features(x)
-        pooled = torch.flatten(self.avgpool(feats["layer4"]), 1)
-        return EncoderOutput(pooled, feats)
+        return EncoderOutput(self.pool(feats["layer4"]), feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """``x`` ``[B, in_channels, H, W]`` -> the pooled representation ``[B, 512]``."""
+        return self.pool(self.forward_features(x)["layer4"])

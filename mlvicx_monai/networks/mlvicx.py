@@ -26,6 +26,10 @@ class MLVICX(nn.Module):
     Plain VICReg is ``MLVICX(encoder_levels=(), multilevel=False)`` (see :func:`build_model`).
 
     Args:
+        encoder: the encoder f to train (e.g. the bundle's exportable ``network_def``); ``None`` builds one from
+            ``encoder_levels``, ``in_channels``, ``reduction`` and ``zero_init_residual``, which must then keep their
+            defaults-or-values consistent with it (passing both an encoder and non-default encoder arguments is an
+            error).
         encoder_levels: levels refined by context-bottleneck blocks inside the encoder (``()``: plain ResNet18).
         aggregate: ``"sum"`` (authors' code) or ``"concat"`` (paper), see :class:`MultiLevelAggregator`.
         expander_dim: output width of g and h (2048 in the paper, 4096 in the authors' code).
@@ -43,7 +47,8 @@ class MLVICX(nn.Module):
 
     def __init__(
         self,
-        encoder_levels: Sequence[str] = LEVELS,
+        encoder: MLVICXEncoder | None = None,
+        encoder_levels: Sequence[str] | None = None,
         aggregate: str = "sum",
         expander_dim: int = 2048,
         multilevel: bool = True,
@@ -53,14 +58,24 @@ class MLVICX(nn.Module):
         common_size: int = 64,
         aggregate_channels: int = 512,
         pool_size: int = 4,
-        in_channels: int = 1,
-        reduction: int = 2,
-        zero_init_residual: bool = False,
+        in_channels: int | None = None,
+        reduction: int | None = None,
+        zero_init_residual: bool | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = MLVICXEncoder(
-            levels=encoder_levels, in_channels=in_channels, reduction=reduction, zero_init_residual=zero_init_residual
-        )
+        encoder_args = {"levels": encoder_levels, "in_channels": in_channels, "reduction": reduction,
+                        "zero_init_residual": zero_init_residual}
+        given = {k: v for k, v in encoder_args.items() if v is not None}
+        if encoder is not None:
+            if not isinstance(encoder, MLVICXEncoder) or type(encoder).forward is not MLVICXEncoder.forward:
+                raise TypeError(f"encoder must be a plain MLVICXEncoder, got {type(encoder).__name__}.")
+            config = encoder.config
+            clash = {k: v for k, v in given.items() if (list(v) if k == "levels" else v) != config[k]}
+            if clash:
+                raise ValueError(f"encoder arguments {clash} contradict the given encoder's config {config}.")
+            self.encoder = encoder
+        else:
+            self.encoder = MLVICXEncoder(**{"levels": LEVELS, **given})
         hidden = expander_hidden_dim or expander_dim
         self.global_expander = Expander(self.encoder.feature_dim, hidden, expander_dim, last_bn=last_bn)
         self.multilevel = multilevel
@@ -87,7 +102,7 @@ class MLVICX(nn.Module):
 
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One view ``[B, C, H, W]`` -> ``{"z": [B, r]}`` (+ ``"m": [B, r]`` when multilevel)."""
-        pooled, maps = self.encoder(x)
+        pooled, maps = self.encoder.encode(x)
         out = {"z": self.global_expander(pooled)}
         if self.aggregator is not None and self.multilevel_expander is not None:
             out["m"] = self.multilevel_expander(self.aggregator(maps))
@@ -110,7 +125,8 @@ class MLVICX(nn.Module):
 
 def build_model(name: str = "mlvicx", **kwargs: Any) -> MLVICX:
     """``"mlvicx"``: :class:`MLVICX` (context blocks on all five levels, multi-level head by default);
-    ``"vicreg"``: the plain-VICReg baseline, ``MLVICX(encoder_levels=(), multilevel=False)``. ``kwargs`` override."""
+    ``"vicreg"``: the plain-VICReg baseline, ``MLVICX(encoder_levels=(), multilevel=False)``. ``kwargs`` override
+    (``encoder=`` an existing encoder: for ``vicreg`` it must have no context blocks)."""
     key = name.lower()
     if key == "mlvicx":
         return MLVICX(**kwargs)
@@ -118,6 +134,11 @@ def build_model(name: str = "mlvicx", **kwargs: Any) -> MLVICX:
         for arg, value in (("encoder_levels", ()), ("multilevel", False)):
             if arg in kwargs and kwargs[arg] != value and not (arg == "encoder_levels" and tuple(kwargs[arg]) == ()):
                 raise ValueError(f"build_model('vicreg') fixes {arg}={value!r}; got {kwargs[arg]!r} (use 'mlvicx').")
-        kwargs.update(encoder_levels=(), multilevel=False)
+        if kwargs.get("encoder") is not None:
+            if kwargs["encoder"].levels:
+                raise ValueError(f"build_model('vicreg') needs an encoder without context blocks, got levels {kwargs['encoder'].levels}.")
+            kwargs.update(multilevel=False)
+        else:
+            kwargs.update(encoder_levels=(), multilevel=False)
         return MLVICX(**kwargs)
     raise ValueError(f"unknown model {name!r}; choose 'mlvicx' or 'vicreg'.")

@@ -31,7 +31,6 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
 from mlvicx_monai.networks.classifier import EncoderSource, FrozenEncoderMixin, resolve_encoder
 from mlvicx_monai.networks.encoder import LEVEL_CHANNELS, LEVELS, MLVICXEncoder
-from mlvicx_monai.networks.pretrained import PretrainedEncoderError, encoder_config, state_dict_problems
 
 __all__ = [
     "MLVICX_BACKBONE",
@@ -203,7 +202,12 @@ class MLVICXUNet(FrozenEncoderMixin, FlexibleUNet):
         upsample, interp_mode: decoder up-sampling (MONAI ``UpCat``; default nearest-neighbour + conv).
 
     Input ``[B, in_channels, H, W]`` with ``H``, ``W`` multiples of 32; output logits ``[B, out_channels, H, W]``.
+    :attr:`config` (the constructor arguments, the encoder's as its own config under ``encoder``) and
+    :meth:`from_config` rebuild the architecture. TorchScript-compatible.
     """
+
+    __jit_unused_properties__ = ["config", "freeze_encoder"]
+    _CONFIG_KEYS = ("encoder", "out_channels", "freeze_encoder", "decoder_channels", "dropout", "upsample", "interp_mode")
 
     def __init__(
         self,
@@ -240,7 +244,30 @@ class MLVICXUNet(FrozenEncoderMixin, FlexibleUNet):
         )
         self.in_channels = cfg["in_channels"]
         self.out_channels = out_channels
+        self._config = {
+            "out_channels": int(out_channels), "freeze_encoder": bool(freeze_encoder),
+            "decoder_channels": list(decoder_channels), "dropout": float(dropout), "upsample": str(upsample),
+            "interp_mode": str(interp_mode),
+        }
         self.set_encoder_frozen(freeze_encoder)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, with the encoder's :attr:`~MLVICXEncoder.config` under ``encoder``."""
+        return {"encoder": self.encoder.config, **self._config}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "MLVICXUNet":
+        """An untrained U-Net of the architecture ``config`` describes (see :attr:`config`).
+
+        Raises:
+            ValueError: an unknown key or an invalid value.
+        """
+        unknown = sorted(set(config) - set(cls._CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"U-Net config {dict(config)}: unknown keys {unknown}; expected {list(cls._CONFIG_KEYS)}.")
+        args = {k: v for k, v in config.items() if k != "encoder"}
+        return cls(encoder_config=config.get("encoder"), **args)
 
     def load_encoder_weights(self, source: MLVICXEncoder | Mapping[str, torch.Tensor]) -> None:
         """Copy pretrained encoder weights into ``self.encoder``, strictly.
@@ -249,27 +276,25 @@ class MLVICXUNet(FrozenEncoderMixin, FlexibleUNet):
             source: an :class:`MLVICXEncoder` (its ``state_dict``) or an encoder ``state_dict``.
 
         Raises:
-            PretrainedEncoderError: a missing, unexpected or mis-shaped key (named in the message).
+            ArtifactError: a missing, unexpected or mis-shaped key (named in the message).
         """
+        from mlvicx_monai.networks.artifacts import strict_load
+
         weights = source.state_dict() if isinstance(source, torch.nn.Module) else dict(source)
-        problems = state_dict_problems(self.encoder.state_dict(), weights)
-        if problems:
-            raise PretrainedEncoderError(
-                f"encoder weights do not fit the U-Net backbone {self.backbone!r}: " + "; ".join(problems)
-            )
-        self.encoder.load_state_dict(weights, strict=True)
+        strict_load(self.encoder, weights, f"encoder weights do not fit the U-Net backbone {self.backbone!r}")
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """``inputs`` ``[B, in_channels, H, W]`` (H, W multiples of 32) -> logits ``[B, out_channels, H, W]``."""
         if inputs.ndim != 4 or inputs.shape[1] != self.in_channels:
-            raise ValueError(f"expected input of shape [B, {self.in_channels}, H, W], got {tuple(inputs.shape)}.")
+            raise ValueError(f"expected input of shape [B, {self.in_channels}, H, W], got {list(inputs.shape)}.")
         h, w = inputs.shape[2], inputs.shape[3]  # no int(): keeps H, W symbolic under torch.export
         if h % 32 != 0 or w % 32 != 0 or h == 0 or w == 0:
             raise ValueError(
                 f"input height and width must be positive multiples of 32 for the MLVICX U-Net, got {h}x{w}; "
                 "resize or pad the image (e.g. monai.transforms.DivisiblePad(k=32))."
             )
-        return super().forward(inputs)
+        # FlexibleUNet.forward, written out: TorchScript cannot compile super() calls
+        return self.segmentation_head(self.decoder(self.encoder(inputs), self.skip_connect))
 
 
 def build_segmenter(
@@ -283,7 +308,7 @@ def build_segmenter(
 
     Args:
         encoder_or_config: an :class:`MLVICXEncoder` (its weights are copied), a path to ``encoder.pt`` (loaded
-            strictly; ``PretrainedEncoderError`` if missing or mismatched) or a configuration mapping (random
+            strictly; ``ArtifactError`` if missing or mismatched) or a configuration mapping (random
             encoder: the from-scratch baseline).
         out_channels: output channels (1 for binary pneumothorax logits).
         freeze_encoder: decoder-only training with the encoder bit-identical (see :class:`MLVICXUNet`).
@@ -296,7 +321,7 @@ def build_segmenter(
     if isinstance(encoder_or_config, Mapping):
         return MLVICXUNet(encoder_or_config, out_channels, freeze_encoder, decoder_channels, dropout)
     encoder = resolve_encoder(encoder_or_config)
-    unet = MLVICXUNet(encoder_config(encoder), out_channels, False, decoder_channels, dropout)
+    unet = MLVICXUNet(encoder.config, out_channels, False, decoder_channels, dropout)
     unet.load_encoder_weights(encoder)
     unet.set_encoder_frozen(freeze_encoder)
     return unet

@@ -9,9 +9,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "current_config": "bundle_config",
-    "tunables": "bundle_config",
     "RunCompletion": "handler",
+    "RunLogger": "handler",
     "RunMLFlowHandler": "handler",
     "TrackedRun": "handler",
     "default_tracking_uri": "runs",

@@ -45,22 +45,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mlvicx_monai.tracking.pyfunc import (
-    KINDS,
-    MODEL_FORMAT,
-    WEIGHTS_FILES,
-    RegistryFormatError,
-    infer_kind,
-    load_weights,
-    model_config,
-    save_weights,
-    unwrap_model,
-)
+from mlvicx_monai.networks.artifacts import ArtifactError, ArtifactInfo, ModelKind, read_artifact, sniff
+from mlvicx_monai.networks.artifacts import load_model as load_artifact
 from mlvicx_monai.tracking.runs import resolve_tracking_uri
 from mlvicx_monai.utils.atomic import atomic_write_json
 from mlvicx_monai.utils.hashing import sha256_file
 
 __all__ = [
+    "CONFIG_TAG",
     "ENCODER_MODEL",
     "SEGMENTER_MODEL",
     "ModelNotFoundError",
@@ -90,6 +82,13 @@ SEGMENTER_MODEL = "pneumothorax-segmenter"
 _PREFIX = "mlvicx."
 _KIND_TAG = f"{_PREFIX}kind"
 _SHA_TAG = f"{_PREFIX}weights_sha256"
+#: the architecture of a version (its artifact's ``config``, JSON): a downstream bundle builds its network from it
+#: before any weights are downloaded
+CONFIG_TAG = f"{_PREFIX}config"
+_FILE_TAG = f"{_PREFIX}weights_file"
+#: weights file names inside a version's ``artifacts/`` (``weights.pt``: versions registered before artifacts/2)
+_WEIGHTS_NAMES = ("model.pt", "encoder.pt", "weights.pt")
+KINDS = tuple(k.value for k in ModelKind)
 _CACHE_ENV = "MLVICX_REGISTRY_CACHE"
 _PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
 _DESCRIPTIONS = {
@@ -104,6 +103,10 @@ _DESCRIPTIONS = {
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot be done (the message says why and what to do)."""
+
+
+class RegistryFormatError(RegistryError, ArtifactError):
+    """A registered version or local file that is not one of this project's model artifacts."""
 
 
 class ModelNotFoundError(RegistryError, LookupError):
@@ -283,25 +286,17 @@ class ResolvedModel:
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
 
 
+def _weights_in(folder: Path) -> Path | None:
+    """The weights file of a downloaded MLflow model folder (``artifacts/model.pt`` / ``encoder.pt`` / legacy)."""
+    return next((folder / "artifacts" / n for n in _WEIGHTS_NAMES if (folder / "artifacts" / n).is_file()), None)
+
+
 def _local_kind(path: Path) -> str | None:
     if path.is_dir():
-        if (path / "artifacts" / WEIGHTS_FILES["encoder"]).is_file():
-            return "encoder"
-        weights = path / "artifacts" / WEIGHTS_FILES["classifier"]
-        return _file_kind(weights) if weights.is_file() else None
-    return _file_kind(path)
-
-
-def _file_kind(path: Path) -> str | None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    if not isinstance(state, dict):
-        return None
-    if state.get("format") == MODEL_FORMAT:
-        return state.get("kind")
-    return "encoder" if str(state.get("format", "")).startswith("mlvicx-encoder/") else None
+        weights = _weights_in(path)
+        path = weights if weights is not None else path
+    kind = sniff(path) if path.is_file() else None
+    return kind.value if kind is not None else None
 
 
 def resolve_model(uri_or_path: str | os.PathLike, tracking_uri: str | None = None) -> ResolvedModel:
@@ -397,12 +392,12 @@ def _fetch_weights(resolved: ResolvedModel, cache_dir: str | os.PathLike | None,
     if resolved.local_path is not None:
         path = resolved.local_path
         if path.is_dir():
-            kind = resolved.kind
-            if kind is None:
-                raise RegistryFormatError(f"{path} is not an MLVICX registered model folder (no artifacts/encoder.pt or weights.pt)")
-            return path / "artifacts" / WEIGHTS_FILES[kind], kind
+            weights = _weights_in(path)
+            if weights is None or resolved.kind is None:
+                raise RegistryFormatError(f"{path} is not an MLVICX registered model folder (no artifacts/model.pt or encoder.pt)")
+            return weights, resolved.kind
         if resolved.kind is None:
-            raise RegistryFormatError(f"{path} is not an MLVICX weights file (encoder.pt or weights.pt)")
+            raise RegistryFormatError(f"{path} is not a model file of this project (encoder.pt or model.pt)")
         return path, resolved.kind
     uri = resolve_tracking_uri(tracking_uri)
     kind = resolved.kind
@@ -410,29 +405,30 @@ def _fetch_weights(resolved: ResolvedModel, cache_dir: str | os.PathLike | None,
         root = _cache_root(cache_dir)
         root.mkdir(parents=True, exist_ok=True)
         folder = _download(resolved.artifact_uri, None, Path(tempfile.mkdtemp(prefix=".untagged-", dir=root)), uri)
-        kind = _local_kind(folder)
-        if kind is None:
+        weights, kind = _weights_in(folder), _local_kind(folder)
+        if weights is None or kind is None:
             raise RegistryFormatError(
-                f"{resolved.uri} is not an MLVICX registered model (no artifacts/encoder.pt or weights.pt); "
+                f"{resolved.uri} is not an MLVICX registered model (no artifacts/model.pt or encoder.pt); "
                 "register models with mlvicx_monai.tracking.registry.log_and_register"
             )
-        return folder / "artifacts" / WEIGHTS_FILES[kind], kind
+        return weights, kind
     if kind not in KINDS:
         raise RegistryFormatError(f"{resolved.uri} has an unknown {_KIND_TAG} tag {kind!r}")
+    name = resolved.tags.get(_FILE_TAG) or ("encoder.pt" if kind == "encoder" else "weights.pt")
     entry = _cache_root(cache_dir) / _cache_key(resolved, uri)
-    target = entry / WEIGHTS_FILES[kind]
+    target = entry / name
     expected = resolved.tags.get(_SHA_TAG)
     if not (target.is_file() and expected and sha256_file(target) == expected):
-        _download_into(resolved, kind, entry, target, expected, uri)
+        _download_into(resolved, name, entry, target, expected, uri)
     if kind == "encoder":  # what download_encoder's file came from, for encoder_lineage(path)
         atomic_write_json(entry / "lineage.json", _lineage_of(resolved))
     return target, kind
 
 
-def _download_into(resolved: ResolvedModel, kind: str, entry: Path, target: Path, expected: str | None, uri: str) -> None:
+def _download_into(resolved: ResolvedModel, name: str, entry: Path, target: Path, expected: str | None, uri: str) -> None:
     staging = entry.parent / f".{entry.name}.{uuid.uuid4().hex}.partial"
     try:
-        got = _download(resolved.artifact_uri, f"artifacts/{WEIGHTS_FILES[kind]}", staging, uri)
+        got = _download(resolved.artifact_uri, f"artifacts/{name}", staging, uri)
         if expected and sha256_file(got) != expected:
             raise RegistryError(
                 f"{resolved.uri}: downloaded weights do not match the version's {_SHA_TAG} tag (corrupted artifact store?)"
@@ -457,7 +453,10 @@ def load_model(
     """
     resolved = resolve_model(uri_or_path, tracking_uri)
     path, _ = _fetch_weights(resolved, cache_dir, tracking_uri)
-    model, _ = load_weights(path, map_location=device)
+    try:
+        model, _ = load_artifact(path, map_location=device)
+    except ArtifactError as err:
+        raise RegistryFormatError(str(err)) from None
     return model
 
 
@@ -568,33 +567,30 @@ def _run_of(run: Any, tracking_uri: str | None) -> tuple[str | None, str | None]
     return run.run_id, tracking_uri or getattr(run, "tracking_uri", None)
 
 
-def _example_shape(model: nn.Module, kind: str, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) == 4:
-        shape = shape[1:]
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"input_shape must be (C, H, W) or (B, C, H, W), got {tuple(input_shape)}")
-    channels = model.in_channels if kind != "classifier" else model.encoder.in_channels
-    if shape[0] != channels:
-        raise ValueError(f"input_shape has {shape[0]} channel(s) but the {kind} takes {channels}")
-    if kind == "segmenter" and (shape[1] % 32 or shape[2] % 32):
-        raise ValueError(f"the U-Net needs H and W multiples of 32, got input_shape {shape}")
-    return (1, *shape)
+def _in_channels(info: ArtifactInfo) -> int:
+    config = info.config if info.kind is ModelKind.ENCODER else info.config["encoder"]
+    return int(config.get("in_channels", 1))
 
 
-def _signature(model: nn.Module, kind: str, channels: int):
+def _example_shape(info: ArtifactInfo) -> tuple[int, int, int, int]:
+    """``(1, C, S, S)`` of the all-zeros input example: the side the model was trained on (a multiple of 32)."""
+    side = info.preprocessing.image_size if info.preprocessing is not None else 224
+    return (1, _in_channels(info), 32 * max(1, round(side / 32)), 32 * max(1, round(side / 32)))
+
+
+def _signature(info: ArtifactInfo):
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     f32 = np.dtype("float32")
-    if kind == "encoder":
-        out = (-1, int(model.feature_dim))
-    elif kind == "classifier":
-        out = (-1, int(model.num_classes))
+    if info.kind is ModelKind.ENCODER:
+        out: tuple[int, ...] = (-1, 512)
+    elif info.kind is ModelKind.CLASSIFIER:
+        out = (-1, int(info.config["num_classes"]))
     else:
-        out = (-1, int(model.out_channels), -1, -1)
+        out = (-1, int(info.config["out_channels"]), -1, -1)
     return ModelSignature(
-        inputs=Schema([TensorSpec(f32, (-1, channels, -1, -1))]),  # unnamed: pyfunc gets a plain array
+        inputs=Schema([TensorSpec(f32, (-1, _in_channels(info), -1, -1))]),  # unnamed: pyfunc gets a plain array
         outputs=Schema([TensorSpec(f32, out)]),
     )
 
@@ -643,11 +639,10 @@ def _tag_value(value: Any) -> str:
 
 def log_and_register(
     run: Any,
-    model: nn.Module,
-    kind: str,
+    artifact: str | os.PathLike,
     name: str,
-    input_shape: Sequence[int],
     *,
+    register: bool = True,
     tags: Mapping[str, Any] | None = None,
     metrics: Mapping[str, float] | None = None,
     config: Mapping[str, Any] | None = None,
@@ -655,33 +650,30 @@ def log_and_register(
     datalist_id: str | None = None,
     datalist_checksum: str | None = None,
     encoder_source: str | os.PathLike | Mapping[str, Any] | None = None,
-    preprocessing: Mapping[str, Any] | None = None,
     description: str | None = None,
     alias: str | None = None,
     tracking_uri: str | None = None,
 ):
-    """Log ``model`` under ``run`` (an MLflow 3 LoggedModel) and register it as a new version of ``name``.
+    """Log the model file ``artifact`` under ``run`` (an MLflow 3 LoggedModel) and register it as a new version of
+    ``name``.
 
     Args:
         run: a run id, or a :class:`~mlvicx_monai.tracking.TrackedRun` (disabled / not rank 0: nothing is done,
             None is returned). The run may be finished already.
-        model: an :class:`MLVICXEncoder` (or the whole MLVICX model: its ``.encoder``), a ``CXRClassifier`` or
-            an ``MLVICXUNet``; DDP-wrapped is fine. It is not modified (weights are copied to CPU).
-        kind: ``"encoder"``, ``"classifier"`` or ``"segmenter"`` (checked against the model).
+        artifact: the model file the bundle wrote (``encoder.pt`` / ``model.pt``, see
+            :mod:`mlvicx_monai.networks.artifacts`); logged as is, so the registered weights are that very file.
         name: registered model name (``mlvicx-encoder``, ``cxr-classifier-<dataset>``, ``pneumothorax-segmenter``).
-        input_shape: training input ``(C, H, W)`` (or ``(B, C, H, W)``): shape of the all-zeros input example.
+        register: False logs the model with the run but registers no version.
         tags: extra model-version tags. metrics: test metrics (``mlvicx.metric.<name>`` tags).
         config: the training configuration (``artifacts/training_config.json``).
         datalist: the datalist the model was trained on (id and SHA-256 are computed), or give
             ``datalist_id`` / ``datalist_checksum`` directly.
         encoder_source: the pretrained encoder of a downstream model (see :func:`encoder_lineage`).
-        preprocessing: downstream models: ``{class_names, image_size, normalization[, threshold, source_size]}`` (what
-            ``bundles/infer.json`` needs to deploy the version; see :func:`~mlvicx_monai.tracking.pyfunc.save_weights`).
         description: version description. alias: set this alias on the new version (e.g. ``"candidate"``).
         tracking_uri: store (``$MLFLOW_TRACKING_URI`` wins; else the TrackedRun's, else the default).
 
     Returns:
-        The new ``ModelVersion`` (or None, see ``run``).
+        The new ``ModelVersion`` (or None, see ``run`` and ``register``).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -690,14 +682,14 @@ def log_and_register(
     run_id, uri_hint = _run_of(run, tracking_uri)
     if run_id is None:
         return None
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
         raise ValueError(f"invalid registered model name {name!r}")
-    module = unwrap_model(model, kind)
-    if infer_kind(module) != kind:
-        raise RegistryFormatError(f"kind={kind!r} but the model is a {type(module).__name__} ({infer_kind(module)})")
-    shape = _example_shape(module, kind, input_shape)
+    try:
+        info, _ = read_artifact(artifact)
+    except ArtifactError as err:
+        raise RegistryFormatError(str(err)) from None
+    kind = info.kind.value
+    shape = _example_shape(info)
     client = registry_client(uri_hint)
     uri = client.tracking_uri
     try:
@@ -715,6 +707,10 @@ def log_and_register(
         _KIND_TAG: kind,
         f"{_PREFIX}input_shape": "x".join(map(str, shape)),
         f"{_PREFIX}source_run_id": run_id,
+        f"{_PREFIX}format": info.format,
+        _FILE_TAG: info.kind.file_name,
+        CONFIG_TAG: json.dumps(info.config, sort_keys=True),
+        _SHA_TAG: sha256_file(artifact),
     }
     for key in ("git_commit", "git_dirty"):
         if f"{_PREFIX}{key}" in source_run.data.tags:
@@ -729,18 +725,15 @@ def log_and_register(
         version_tags[f"{_PREFIX}metric.{key}"] = repr(float(value))
     version_tags.update({str(k): _tag_value(v) for k, v in (tags or {}).items()})
 
+    existing = _same_version(client, name, run_id, version_tags[_SHA_TAG]) if register else None
+    if existing is not None:  # e.g. a finished job rerun: the same weights are registered once
+        logger.info("%s version %s already holds these weights (run %s); not registered again", name, existing.version, run_id)
+        if alias:
+            set_alias(name, existing.version, alias, tracking_uri=uri)
+        return client.get_model_version(name, existing.version)
     with tempfile.TemporaryDirectory(prefix="mlvicx-register-") as tmp:
-        weights = save_weights(module, kind, Path(tmp) / WEIGHTS_FILES[kind],
-                               provenance={"mlflow_run_id": run_id, "registered_model": name},
-                               preprocessing=preprocessing if kind != "encoder" else None)
-        version_tags[_SHA_TAG] = sha256_file(weights)
-        existing = _same_version(client, name, run_id, version_tags[_SHA_TAG])
-        if existing is not None:  # e.g. a finished job rerun: the same weights are registered once
-            logger.info("%s version %s already holds these weights (run %s); not registered again", name, existing.version, run_id)
-            if alias:
-                set_alias(name, existing.version, alias, tracking_uri=uri)
-            return client.get_model_version(name, existing.version)
-        version_tags[f"{_PREFIX}format"] = MODEL_FORMAT if kind != "encoder" else "mlvicx-encoder/1"
+        weights = Path(tmp) / info.kind.file_name
+        shutil.copyfile(artifact, weights)
         artifacts = {"weights": str(weights)}
         if config is not None:
             config_file = Path(tmp) / "training_config.json"
@@ -748,18 +741,19 @@ def log_and_register(
             artifacts["training_config"] = str(config_file)
         logged = client.create_logged_model(
             experiment_id=source_run.info.experiment_id, name=name, source_run_id=run_id,
-            tags=version_tags, params={"architecture": json.dumps(model_config(module, kind))[:6000]},
-            model_type=kind,
+            tags=version_tags, params={"architecture": json.dumps(info.config)[:6000]}, model_type=kind,
         )
         with _global_uris(uri):
             Model.log(
                 artifact_path=None, name=name, flavor=mlflow.pyfunc, flavor_name="pyfunc.ModelFromCode",
                 run_id=run_id, model_id=logged.model_id,
                 python_model=str(_PYFUNC_CODE), artifacts=artifacts,
-                signature=_signature(module, kind, shape[1]), input_example=np.zeros(shape, dtype=np.float32),
+                signature=_signature(info), input_example=np.zeros(shape, dtype=np.float32),
                 pip_requirements=_requirements(), model_config={"torch_device": "cpu"},
-                metadata={"mlvicx_kind": kind, "mlvicx_format": version_tags[f"{_PREFIX}format"]},
+                metadata={"mlvicx_kind": kind, "mlvicx_format": info.format},
             )
+    if not register:
+        return None
     try:
         client.create_registered_model(name, description=_DESCRIPTIONS[kind])
     except MlflowException as err:

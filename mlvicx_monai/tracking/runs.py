@@ -1,9 +1,9 @@
 """MLflow runs: where they are stored, how they are opened and resumed, and what is recorded with them.
 
-Tracking store, in order of precedence: ``$MLFLOW_TRACKING_URI``, the bundle's ``tracking_uri``, else an
-embedded SQLite store ``./mlruns/mlflow.db`` with artifacts in ``./mlruns/artifacts`` (MLflow 3.13+
-refuses the old file store). Every bundle in the same working directory shares it, so the registry
-sees every run.
+Tracking store, in order of precedence: ``$MLFLOW_TRACKING_URI``, the bundle's ``tracking_uri``, else MLflow's own
+default, the embedded SQLite store ``./mlflow.db`` with artifacts in ``./mlruns`` (MLflow 3.13+ refuses the old file
+store), which a plain ``mlflow ui`` started in the same folder shows. Every bundle in the same working directory
+shares it, so the registry sees every run.
 
 Runs are always named and created explicitly. A run is never picked up by name (MONAI's MLFlowHandler
 would append to the latest unfinished run of that name, e.g. a crashed one): a training job that
@@ -29,6 +29,7 @@ __all__ = [
     "finish_run",
     "provenance_tags",
     "flatten_params",
+    "ui_command",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,21 @@ _TAG_PREFIX = "mlvicx."
 
 
 def default_tracking_uri(root: str | os.PathLike | None = None) -> str:
-    """``sqlite:///<root>/mlruns/mlflow.db`` (root: the working directory)."""
-    base = Path(root or os.getcwd()).resolve() / "mlruns"
-    base.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{base / 'mlflow.db'}"
+    """``sqlite:///<root>/mlflow.db`` (root: the working directory): MLflow's own default store."""
+    return f"sqlite:///{Path(root or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+def ui_command(uri: str | None) -> str:
+    """The command that shows a store in the MLflow UI (a server URI is opened in a browser instead)."""
+    uri = uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if db == Path(os.getcwd()).resolve() / "mlflow.db":
+            return "mlflow ui   (in this folder)"
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
@@ -59,9 +71,10 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
 
 
 def _artifact_location(uri: str) -> str | None:
-    """For a local SQLite store, artifacts go next to the database; a server decides for itself."""
+    """For a local SQLite store, artifacts go to ``mlruns/`` next to the database (MLflow's default for the default
+    store, ``./mlruns``); a server decides for itself."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
     return None
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mlvicx_monai.data.demo import prepare_data
-from mlvicx_monai.networks import MLVICXEncoder, save_encoder
+from mlvicx_monai.networks import MLVICXEncoder, save_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def nih_demo(work) -> Path:
-    """data_dir holding a 64-image NIH-layout demo (as the bundle's --demo_* overrides in TINY_CLASSIFY ask)."""
+    """dataset_dir holding a 64-image NIH-layout demo (as the bundle's --demo_* overrides in TINY_CLASSIFY ask)."""
     root = work / "data"
     prepare_data("demo", root, layout="nih", n_images=64, seed=0, raw_size=128, cache_size=64, workers=1)
     return root
@@ -59,7 +59,7 @@ def siim_demo(work) -> Path:
 def encoder_file(work) -> Path:
     """A randomly initialised encoder written as encoder.pt (pretraining is tested elsewhere; this is fast)."""
     torch.manual_seed(0)
-    return save_encoder(MLVICXEncoder(), work / "encoder" / "encoder.pt", provenance={"method": "random-for-tests"})
+    return save_model(MLVICXEncoder(), work / "encoder" / "encoder.pt", provenance={"method": "random-for-tests"})
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""bundles/classify.json end to end on tiny synthetic data, plus the pieces it is built from."""
+"""The classify bundle (bundles/mlvicx_cxr/configs/classify.json) end to end on tiny synthetic data, plus the pieces it is built from."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from sklearn.metrics import roc_auc_score
 
 from mlvicx_monai.engines.classify import protocol_data
 from mlvicx_monai.engines.downstream import DOWNSTREAM_DEFAULTS, dataset_default, resolve_pretrained
-from mlvicx_monai.networks import MLVICXEncoder, PretrainedEncoderError, build_classifier, load_encoder, save_encoder
-from mlvicx_monai.networks.downstream_io import DownstreamModelError, load_downstream, read_downstream_info
+from mlvicx_monai.networks import MLVICXEncoder, build_classifier
+from mlvicx_monai.networks.artifacts import ArtifactError, load_model, read_artifact, save_model
 
 from .conftest import REPO, TINY_CLASSIFY
 
 pytestmark = pytest.mark.slow
+CONFIG = "bundles/mlvicx_cxr/configs/classify.json"
 
 
 def tiny(**overrides: object) -> list[str]:
@@ -47,7 +48,7 @@ def _state_equal(a: dict, b: dict) -> list[str]:
 def frozen_run(nih_demo, encoder_file, run_bundle, work) -> Path:
     out = work / "classify-frozen"
     uri = f"sqlite:///{work}/mlflow.db"
-    run_bundle("bundles/classify.json", "--data_dir", nih_demo, "--output_dir", out, "--tracking_uri", uri,
+    run_bundle(CONFIG, "--dataset_dir", nih_demo, "--output_dir", out, "--tracking_uri", uri,
                "--pretrained", encoder_file, "--protocol", "frozen", "--fraction", "1.0", "--seed", "3",
                "--classes", "all", "--run_name", "t-frozen", *TINY_CLASSIFY)
     return out
@@ -79,21 +80,22 @@ def test_results_json_and_auc_agree_with_sklearn(frozen_run, encoder_file):
 
 
 def test_frozen_protocol_leaves_encoder_bit_identical_and_model_pt_is_self_contained(frozen_run, encoder_file, nih_demo, work):
-    model, info = load_downstream(frozen_run / "model.pt")  # needs nothing but the file
-    assert info["kind"] == "classifier" and info["image_size"] == 64 and info["normalization"] == {"mean": 0.5, "std": 0.25}
-    assert info["provenance"]["pretrained"]["sha256"] == json.loads((frozen_run / "results.json").read_text())["pretrained"]["sha256"]
-    assert info["provenance"]["datalist"].startswith("nih@")
-    pretrained, _ = load_encoder(encoder_file)
+    model, info = load_model(frozen_run / "model.pt", require_preprocessing=True)  # needs nothing but the file
+    assert info.kind.value == "classifier" and info.preprocessing.image_size == 64
+    assert (info.preprocessing.mean, info.preprocessing.std, info.preprocessing.source_size) == (0.5, 0.25, 64)
+    assert info.provenance["pretrained"]["sha256"] == json.loads((frozen_run / "results.json").read_text())["pretrained"]["sha256"]
+    assert info.provenance["datalist"].startswith("nih@")
+    pretrained, _ = load_model(encoder_file, expect="encoder")
     before, after = pretrained.state_dict(), model.encoder.state_dict()
     assert set(before) == set(after)
     assert not _state_equal(before, after), "every encoder parameter and buffer (BN statistics too) must be unchanged"
     # the cached-feature linear probe is exactly the full classifier: model.pt on the test images reproduces the CSV
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles/classify.json"))
+    parser.read_config(str(REPO / CONFIG))
     args = dict(zip(TINY_CLASSIFY[::2], TINY_CLASSIFY[1::2]))
     parser.update({k.lstrip("-"): json.loads(v) for k, v in args.items()})
-    parser.update({"data_dir": str(nih_demo), "protocol": "frozen", "classes": "all", "pretrained": str(encoder_file)})
-    dataset = parser.get_parsed_content("test_images")
+    parser.update({"dataset_dir": str(nih_demo), "protocol": "frozen", "classes": "all", "pretrained": str(encoder_file)})
+    dataset = parser.get_parsed_content("test#images")
     x = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
     with torch.no_grad():
         probs = torch.sigmoid(model(x)).numpy()
@@ -114,7 +116,7 @@ def test_mlflow_run_has_params_and_test_metrics(frozen_run, work):
     assert metrics["test/mean_auc"] == pytest.approx(results["test"]["mean_auc"])
     assert metrics["test/mean_auc_ci_low"] == pytest.approx(results["test"]["auc_ci"][0])
     assert "val_mean_auc" in metrics and "train_loss" in metrics
-    assert {"results.json", "test_predictions.csv", "model.pt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"results.json", "test_predictions.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     # registered as cxr-classifier-demo with its metrics, data and encoder lineage; deployable from the registry
     (version,) = client.search_model_versions(f"name='cxr-classifier-demo' and run_id='{run.info.run_id}'")
     tags = version.tags
@@ -123,70 +125,83 @@ def test_mlflow_run_has_params_and_test_metrics(frozen_run, work):
     assert tags["mlvicx.encoder.path"] == results["pretrained"]["path"] and tags["mlvicx.protocol"] == "frozen"
     from mlvicx_monai.tracking.registry import download_model
 
-    registered, info = load_downstream(download_model(f"models:/cxr-classifier-demo/{version.version}",
-                                                      tracking_uri=f"sqlite:///{work}/mlflow.db"))
-    local, _ = load_downstream(frozen_run / "model.pt")
-    assert info["class_names"] == results["class_names"] and info["image_size"] == 64
+    registered, info = load_model(download_model(f"models:/cxr-classifier-demo/{version.version}",
+                                                 tracking_uri=f"sqlite:///{work}/mlflow.db"))
+    local, _ = load_model(frozen_run / "model.pt")
+    assert info.class_names == results["class_names"] and info.preprocessing.image_size == 64
     assert all(torch.equal(a, b) for a, b in zip(local.state_dict().values(), registered.state_dict().values(), strict=True))
 
 
 def test_pretrained_none_finetune_then_rerun_resumes(nih_demo, run_bundle, work):
     out = work / "classify-none"
-    args = ["--data_dir", nih_demo, "--output_dir", out, "--track", "false", "--pretrained", "none",
+    args = ["--dataset_dir", nih_demo, "--output_dir", out, "--track", "False", "--pretrained", "none",
             "--protocol", "finetune", "--fraction", "0.3", *tiny(max_epochs=1)]
-    run_bundle("bundles/classify.json", *args)
+    run_bundle(CONFIG, *args)
     results = json.loads((out / "results.json").read_text())
     assert results["pretrained"] == {"pretrained": "none", "kind": "none", "config": results["pretrained"]["config"]}
     assert results["settings"]["augment"] is True  # fine-tuning default
     assert results["n_images"]["train"] < 64 * 0.5  # the 30% label fraction
-    assert read_downstream_info(out / "model.pt")["provenance"]["pretrained"]["kind"] == "none"
+    assert read_artifact(out / "model.pt")[0].provenance["pretrained"]["kind"] == "none"
     # the same command with a larger epoch budget continues from the checkpoint instead of starting over
-    second = run_bundle("bundles/classify.json", *args[:-len(tiny())], *tiny(max_epochs=2))
+    second = run_bundle(CONFIG, *args[:-len(tiny())], *tiny(max_epochs=2))
     assert "resumed from" in second.stdout + second.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["training"]["epochs_trained"] == 2
-    assert [h[0] for h in results["training"]["validation_history"]] == [1, 2]
+    assert [h["epoch"] for h in results["training"]["validation_history"]] == [1, 2]
 
 
 def test_a_wrong_pretrained_file_fails_the_bundle_clearly(nih_demo, run_bundle, work, frozen_run):
     # model.pt is a downstream model, not an encoder export
-    result = run_bundle("bundles/classify.json", "--data_dir", nih_demo, "--output_dir", work / "classify-bad",
-                        "--track", "false", "--pretrained", frozen_run / "model.pt", *TINY_CLASSIFY, check=False)
+    result = run_bundle(CONFIG, "--dataset_dir", nih_demo, "--output_dir", work / "classify-bad",
+                        "--track", "False", "--pretrained", frozen_run / "model.pt", *TINY_CLASSIFY, check=False)
     assert result.returncode != 0
-    assert "PretrainedEncoderError" in result.stderr and "is not an MLVICX encoder export" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # the root cause is the last line, not MONAI's wrapper
+    assert last.startswith("mlvicx: error: ArtifactError:") and "holds a classifier, not a pretrained encoder" in last
     assert not (work / "classify-bad" / "results.json").exists()
 
 
 def test_resolve_pretrained_sources_and_errors(tmp_path, encoder_file):
-    encoder, source = resolve_pretrained("none")
-    assert isinstance(encoder, MLVICXEncoder) and source["kind"] == "none"
-    with pytest.raises(PretrainedEncoderError, match=r"does not exist; run the pretraining demo first.*--pretrained none"):
+    source = resolve_pretrained("none")
+    assert source.kind == "none" and source.fetch() is None and source.record["kind"] == "none"
+    with pytest.raises(ArtifactError, match=r"does not exist; run the pretraining demo first.*--pretrained none"):
         resolve_pretrained(tmp_path / "pretrain" / "encoder.pt")
     # same keys, wrong shapes: an encoder saved with another reduction, its header rewritten to claim the default
     other = MLVICXEncoder(reduction=4)
-    path = save_encoder(other, tmp_path / "wrong.pt")
+    path = save_model(other, tmp_path / "wrong.pt")
     state = torch.load(path, weights_only=True)
     state["config"]["reduction"] = 2
     torch.save(state, path)
-    with pytest.raises(PretrainedEncoderError, match="shape mismatch"):
-        resolve_pretrained(path)
+    network = build_classifier(resolve_pretrained(path).config, 2)
+    with pytest.raises(ArtifactError, match="shape mismatch"):
+        resolve_pretrained(path).apply(network)
     state["state_dict"].pop(next(iter(state["state_dict"])))
     torch.save(state, path)
-    with pytest.raises(PretrainedEncoderError, match="missing 1 key"):
-        resolve_pretrained(path)
+    with pytest.raises(ArtifactError, match="missing 1 key"):
+        resolve_pretrained(path).apply(network)
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(PretrainedEncoderError, match="not a readable PyTorch file"):
+    with pytest.raises(ArtifactError, match="not a readable PyTorch file"):
         resolve_pretrained(tmp_path / "junk.pt")
-    # an MLflow URI goes through the downloader (the registry's download_encoder by default)
-    seen = {}
+    # the weights land in the network's encoder, strictly, and the record names the file
+    network = build_classifier(resolve_pretrained(encoder_file).config, 2)
+    record = resolve_pretrained(encoder_file).apply(network)
+    assert record["kind"] == "file" and len(record["sha256"]) == 64
+    assert not _state_equal(network.encoder.state_dict(), load_model(encoder_file)[0].state_dict())
+
+
+def test_an_mlflow_uri_is_fetched_only_when_applied(encoder_file, monkeypatch):
+    import mlvicx_monai.engines.downstream as downstream
+
+    monkeypatch.setattr(downstream, "_registered_encoder_config", lambda uri, tracking_uri: MLVICXEncoder().config)
+    seen = []
 
     def downloader(uri, tracking_uri=None):
-        seen.update(uri=uri, tracking_uri=tracking_uri)
+        seen.append((uri, tracking_uri))
         return encoder_file
 
-    encoder, source = resolve_pretrained("models:/mlvicx-encoder@champion", tracking_uri="sqlite:///x.db", downloader=downloader)
-    assert source["kind"] == "mlflow" and source["uri"] == "models:/mlvicx-encoder@champion"
-    assert seen == {"uri": "models:/mlvicx-encoder@champion", "tracking_uri": "sqlite:///x.db"}
+    source = resolve_pretrained("models:/mlvicx-encoder@champion", tracking_uri="sqlite:///x.db", downloader=downloader)
+    assert source.kind == "mlflow" and not seen  # resolving the config downloads nothing
+    record = source.apply(build_classifier(source.config, 2))
+    assert seen == [("models:/mlvicx-encoder@champion", "sqlite:///x.db")] and record["uri"] == "models:/mlvicx-encoder@champion"
 
 
 def test_dataset_defaults_follow_the_paper_and_stay_overridable():
@@ -215,8 +230,8 @@ def test_frozen_protocol_refuses_augmentation():
         protocol_data("probe", [], classifier)
 
 
-def test_load_downstream_rejects_other_files(tmp_path, encoder_file):
-    with pytest.raises(DownstreamModelError, match="a pretrained encoder: train a classifier"):
-        load_downstream(encoder_file)
-    with pytest.raises(DownstreamModelError, match="does not exist; train one"):
-        load_downstream(tmp_path / "model.pt")
+def test_deployment_loading_rejects_other_files(tmp_path, encoder_file):
+    with pytest.raises(ArtifactError, match="holds a encoder, not a classifier or segmenter; train a classifier"):
+        load_model(encoder_file, expect=("classifier", "segmenter"))
+    with pytest.raises(ArtifactError, match="model.pt does not exist"):
+        load_model(tmp_path / "model.pt")

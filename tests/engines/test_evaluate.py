@@ -65,7 +65,7 @@ def test_sweep_runs_a_missing_cell_through_the_bundle_then_skips_it(nih_demo, en
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     settings = {k.lstrip("-"): v for k, v in zip(TINY_CLASSIFY[::2], TINY_CLASSIFY[1::2])}
-    settings.update(max_epochs="1", track="false")
+    settings.update(max_epochs="1", track="False")
     overrides = [f"{k}={v}" for k, v in settings.items()]
     argv = ["--out", str(out), "--datasets", "demo", "--data-dir", str(nih_demo), "--protocols", "frozen",
             "--fractions", "1.0", "--seeds", "0", "--pretrained", f"mlvicx={encoder_file}", "--pretrained", "random=none",

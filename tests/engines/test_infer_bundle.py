@@ -1,4 +1,4 @@
-"""bundles/infer.json on a synthetic PACS export with PHI: de-identified predictions, heat maps, errors listed."""
+"""The inference bundle (bundles/mlvicx_cxr/configs/inference.json) on a synthetic PACS export with PHI: de-identified predictions, heat maps, errors listed."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from PIL import Image
 from mlvicx_monai.data.phantom import render_cxr, write_layout
 from mlvicx_monai.engines.infer import CXRInference, gradcam_normalizer, resolve_model
 from mlvicx_monai.networks import MLVICXUNet, build_classifier
-from mlvicx_monai.networks.downstream_io import DownstreamModelError, load_downstream, save_downstream
+from mlvicx_monai.networks.artifacts import ArtifactError, load_model, save_model
+from mlvicx_monai.transforms import Preprocessing
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +45,14 @@ def export(work) -> tuple[Path, dict]:
 def classifier_file(work) -> Path:
     torch.manual_seed(0)
     model = build_classifier({}, len(CLASSES))
-    return save_downstream(model, work / "cls" / "model.pt", CLASSES, image_size=64, normalization={"mean": 0.5, "std": 0.25},
-                           source_size=64)
+    return save_model(model, work / "cls" / "model.pt", class_names=CLASSES, threshold=0.5,
+                      preprocessing=Preprocessing(image_size=64, mean=0.5, std=0.25, source_size=64))
 
 
 def test_infer_bundle_writes_deidentified_predictions_heatmaps_and_errors(export, classifier_file, run_bundle, work):
     folder, truth = export
     out = work / "infer"
-    run_bundle("bundles/infer.json", "--input_dir", folder, "--model", classifier_file, "--output_dir", out,
+    run_bundle("bundles/mlvicx_cxr/configs/inference.json", "--input_dir", folder, "--model", classifier_file, "--output_dir", out,
                "--min_probability", "0.0", "--top_k", "2", "--deid_secret", work / "infer.secret")
     predictions = _rows(out / "predictions.csv")
     errors = _rows(out / "errors.csv")
@@ -91,7 +92,7 @@ def test_infer_bundle_writes_deidentified_predictions_heatmaps_and_errors(export
 def test_segmenter_writes_mask_png_and_nifti_per_image(tmp_path):
     torch.manual_seed(0)
     unet = MLVICXUNet(decoder_channels=(32, 16, 16, 8, 8))
-    model = save_downstream(unet, tmp_path / "seg.pt", ["Pneumothorax"], image_size=64, normalization={"mean": 0.5, "std": 0.25})
+    model = save_model(unet, tmp_path / "seg.pt", class_names=["Pneumothorax"], threshold=0.5, preprocessing=Preprocessing(64))
     folder = tmp_path / "in"
     folder.mkdir()
     for i, size in enumerate((70, 90)):
@@ -117,26 +118,25 @@ def test_model_resolution_from_path_and_registry_alias(tmp_path, classifier_file
 
     from mlvicx_monai.tracking.registry import RegistryError, log_and_register, set_alias
 
-    with pytest.raises(DownstreamModelError, match=r"train the demo classifier first: `python -m monai.bundle run"):
+    with pytest.raises(ArtifactError, match=r"train the demo classifier first: `python -m monai.bundle run"):
         resolve_model(tmp_path / "classify" / "model.pt")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.create_run(client.create_experiment("t", artifact_location=str(tmp_path / "artifacts")))
-    model, info = load_downstream(classifier_file)
-    preprocessing = {k: info[k] for k in ("class_names", "image_size", "normalization", "source_size")}
-    version = log_and_register(run.info.run_id, model, "classifier", "cxr-classifier-test", (1, 64, 64),
-                               preprocessing=preprocessing, tracking_uri=uri)
+    model, info = load_model(classifier_file)
+    version = log_and_register(run.info.run_id, classifier_file, "cxr-classifier-test", tracking_uri=uri)
     set_alias("cxr-classifier-test", version.version, "champion", tracking_uri=uri)
     local = resolve_model("models:/cxr-classifier-test@champion", tracking_uri=uri)
-    again, again_info = load_downstream(local, require_preprocessing=True)
-    assert again_info["class_names"] == CLASSES and again_info["image_size"] == 64 and again_info["source_size"] == 64
+    again, again_info = load_model(local, require_preprocessing=True)
+    assert again_info.class_names == CLASSES and again_info.preprocessing == info.preprocessing
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
     # an encoder is not deployable, and a file without its preprocessing record is refused by inference
-    encoder_version = log_and_register(run.info.run_id, model.encoder, "encoder", "enc-test", (1, 64, 64), tracking_uri=uri)
+    encoder_file = save_model(model.encoder, tmp_path / "encoder.pt")
+    encoder_version = log_and_register(run.info.run_id, encoder_file, "enc-test", tracking_uri=uri)
     with pytest.raises(RegistryError, match="not a trained classifier or segmenter"):
         resolve_model(f"models:/enc-test/{encoder_version.version}", tracking_uri=uri)
-    bare = save_downstream(model, tmp_path / "bare.pt")
-    with pytest.raises(DownstreamModelError, match="no preprocessing record"):
+    bare = save_model(model, tmp_path / "bare.pt")
+    with pytest.raises(ArtifactError, match="no class names or preprocessing record"):
         CXRInference(tmp_path, bare, tmp_path / "out", deid_secret=tmp_path / "s.secret")
 
 

@@ -1,4 +1,4 @@
-"""bundles/pretrain.json end to end: demo run, MLflow record, encoder export, kill-and-resume, DDP overlay."""
+"""The pretraining bundle (bundles/pretrain.json -> bundles/mlvicx_cxr/configs/pretrain.json) end to end: demo run, MLflow record, encoder export, kill-and-resume, DDP overlay."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import torch
 
 from mlvicx_monai.data.datalist import load_datalist
 from mlvicx_monai.data.demo import prepare_data
-from mlvicx_monai.networks import MLVICXEncoder, load_encoder
+from mlvicx_monai.networks import MLVICXEncoder
+from mlvicx_monai.networks.artifacts import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -36,7 +37,7 @@ def demo_dir(tmp_path_factory) -> Path:
 def _command(demo_dir: Path, out: Path, uri: str, *extra: str, config: str = "bundles/pretrain.json") -> list[str]:
     return [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", config,
-        "--data_dir", str(demo_dir), "--output_dir", str(out), "--tracking_uri", uri, *TINY, *extra,
+        "--dataset_dir", str(demo_dir), "--output_dir", str(out), "--tracking_uri", uri, *TINY, *extra,
     ]
 
 
@@ -56,9 +57,10 @@ def test_demo_run_exports_encoder_checkpoint_and_mlflow_run(demo_dir, tmp_path):
                             env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    encoder, info = load_encoder(out / "encoder.pt")  # strict: every key and shape
-    assert isinstance(encoder, MLVICXEncoder) and info["config"]["levels"] == ["stem", "layer1", "layer2", "layer3", "layer4"]
-    fresh = MLVICXEncoder(**info["config"])
+    encoder, info = load_model(out / "encoder.pt", expect="encoder")  # strict: every key and shape
+    assert isinstance(encoder, MLVICXEncoder) and info.config["levels"] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert info.preprocessing.image_size == 64 and info.preprocessing.source_size == 64
+    fresh = MLVICXEncoder.from_config(info.config)
     fresh.load_state_dict(torch.load(out / "encoder.pt", weights_only=True)["state_dict"], strict=True)
     assert (out / "checkpoints" / "last.pt").is_file()
     resume = json.loads((out / "checkpoints" / "last.json").read_text())
@@ -78,7 +80,7 @@ def test_demo_run_exports_encoder_checkpoint_and_mlflow_run(demo_dir, tmp_path):
     assert params["epochs"] == "2" and params["lambda_multilevel"] == "1.0" and params["method"] == "mlvicx"
     assert run.data.tags["mlvicx.git_commit"] and run.data.tags["mlvicx.job"] == "pretrain"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"encoder.pt", "embedding_std.json", "config"} <= artifacts
+    assert {"embedding_std.json", "config"} <= artifacts and "encoder.pt" not in artifacts  # stored once: in the model
     std = json.loads((out / "embedding_std.json").read_text())
     assert len(std["std/global"]) == 256 and len(std["nstd/local"]) == 256
     versions = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name='mlvicx-encoder'")
@@ -86,6 +88,10 @@ def test_demo_run_exports_encoder_checkpoint_and_mlflow_run(demo_dir, tmp_path):
     tags = versions[0].tags
     assert tags["mlvicx.kind"] == "encoder" and tags["mlvicx.datalist_id"].startswith("nih@")
     assert len(tags["mlvicx.datalist_checksum"]) == 64 and "mlvicx.metric.epoch/loss" in tags
+    assert json.loads(tags["mlvicx.config"]) == info.config
+    model_id = versions[0].model_id or versions[0].source[len("models:/"):]
+    stored = {a.path for a in client.list_logged_model_artifacts(model_id, "artifacts")}
+    assert any(path.endswith("encoder.pt") for path in stored), stored
 
 
 def test_sigkill_mid_epoch_then_rerun_resumes_the_same_run(demo_dir, tmp_path):
@@ -120,7 +126,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_the_same_run(demo_dir, tmp_path):
     experiment = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name("mlvicx-pretrain")
     runs = mlflow.MlflowClient(tracking_uri=uri).search_runs([experiment.experiment_id])
     assert len(runs) == 1, "the resumed job must continue its own run, not start another"
-    load_encoder(out / "encoder.pt")
+    load_model(out / "encoder.pt", expect="encoder")
     versions = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name='mlvicx-encoder'")
     assert len(versions) == 1  # registered once, at the end of the resumed run
 
@@ -132,10 +138,10 @@ def test_multi_gpu_overlay_runs_two_gloo_processes_on_cpu(demo_dir, tmp_path):
     out, uri = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
     command = [torchrun, "--nproc_per_node=2", *_command(
         demo_dir, out, uri, "--epochs", "1", "--run_name", "t-ddp",
-        config="['bundles/pretrain.json','bundles/multi_gpu.json']")[1:]]
+        config="['bundles/pretrain.json','bundles/mlvicx_cxr/configs/multi_gpu_train.json']")[1:]]
     result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    load_encoder(out / "encoder.pt")
+    load_model(out / "encoder.pt", expect="encoder")
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("mlvicx-pretrain")
     runs = client.search_runs([experiment.experiment_id])

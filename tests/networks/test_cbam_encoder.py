@@ -58,7 +58,7 @@ def test_encoder_level_shapes(size):
     enc = MLVICXEncoder().eval()
     assert enc.feature_dim == 512 and enc.level_channels == CHANNELS and enc.level_strides == STRIDES
     with torch.no_grad():
-        pooled, feats = enc(torch.randn(2, 1, size, size))
+        pooled, feats = enc.encode(torch.randn(2, 1, size, size))
     assert pooled.shape == (2, 512)
     assert list(feats) == list(LEVELS)
     for lvl in LEVELS:
@@ -82,7 +82,7 @@ def test_plain_encoder_is_monai_resnet18():
     plain.eval(), ref.eval()
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(plain(x).pooled, ref(x))
+        torch.testing.assert_close(plain(x), ref(x))
 
 
 def test_encoder_state_dict_strict_round_trip():
@@ -245,7 +245,8 @@ def test_encoder_is_torchscript_compatible():
     scripted = torch.jit.script(enc)
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
-        ref, out = enc(x), scripted(x)
-    torch.testing.assert_close(out[0], ref.pooled)
+        ref, out = enc.encode(x), scripted(x)
+        features = scripted.forward_features(x)
+    torch.testing.assert_close(out, ref.pooled)  # forward: the exported 512-d representation
     for lvl in LEVELS:
-        torch.testing.assert_close(out[1][lvl], ref.features[lvl])
+        torch.testing.assert_close(features[lvl], ref.features[lvl])

@@ -15,7 +15,7 @@ from monai.visualize import GradCAM
 
 from mlvicx_monai.networks.classifier import CXRClassifier, build_classifier
 from mlvicx_monai.networks.encoder import LEVELS, MLVICXEncoder
-from mlvicx_monai.networks.pretrained import PretrainedEncoderError, save_encoder
+from mlvicx_monai.networks.artifacts import ArtifactError, save_model
 from mlvicx_monai.networks.unet import (
     MLVICX_BACKBONE,
     MLVICX_PLAIN_BACKBONE,
@@ -141,10 +141,10 @@ def test_monai_gradcam_on_classifier(frozen: bool) -> None:
 
 def test_classifier_from_encoder_file(tmp_path: Path) -> None:
     enc = _pretrained_encoder(seed=3)
-    path = save_encoder(enc, tmp_path / "encoder.pt")
+    path = save_model(enc, tmp_path / "encoder.pt")
     model = build_classifier(path, num_classes=2, freeze_encoder=True)
     _assert_identical(model.encoder, _snapshot(enc))
-    with pytest.raises(PretrainedEncoderError, match="does not exist"):
+    with pytest.raises(ArtifactError, match="does not exist"):
         build_classifier(tmp_path / "missing.pt", num_classes=2)
     scratch = build_classifier({"levels": ["layer4"]}, num_classes=2)
     assert scratch.encoder.levels == ("layer4",)
@@ -192,22 +192,22 @@ def test_unet_input_validation() -> None:
 
 def test_unet_encoder_weights_equal_encoder_file_and_loading_is_strict(tmp_path: Path) -> None:
     enc = _pretrained_encoder(seed=5)
-    path = save_encoder(enc, tmp_path / "encoder.pt")
+    path = save_model(enc, tmp_path / "encoder.pt")
     unet = build_segmenter(path)
     stored = torch.load(path, weights_only=True)["state_dict"]
     _assert_identical(unet.encoder, stored)
     assert unet.backbone == MLVICX_BACKBONE
     # a checkpoint of another configuration (no context blocks) does not fit: typed error naming the keys
-    with pytest.raises(PretrainedEncoderError, match="missing .*context"):
+    with pytest.raises(ArtifactError, match="missing .*context"):
         unet.load_encoder_weights(MLVICXEncoder(levels=()))
     broken = dict(stored)
     broken.pop("layer2.0.conv1.weight")
     broken["extra.weight"] = torch.zeros(1)
-    with pytest.raises(PretrainedEncoderError, match=r"layer2\.0\.conv1\.weight.*unexpected.*extra\.weight"):
+    with pytest.raises(ArtifactError, match=r"layer2\.0\.conv1\.weight.*unexpected.*extra\.weight"):
         unet.load_encoder_weights(broken)
     broken = dict(stored)
     broken["context.stem.spatial_conv.weight"] = torch.zeros(1, 2, 3, 3)
-    with pytest.raises(PretrainedEncoderError, match="shape mismatch"):
+    with pytest.raises(ArtifactError, match="shape mismatch"):
         unet.load_encoder_weights(broken)
     # a plain (no-CBAM) encoder goes to its own backbone and loads strictly
     plain = build_segmenter(_pretrained_encoder(levels=()))
