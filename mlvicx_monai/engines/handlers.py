@@ -68,12 +68,17 @@ class NonFiniteGuard:
 class TrainingMonitor:
     """Every ``every`` iterations: loss terms, lr, samples/s and embedding std into ``engine.state.train_stats``.
 
-    Per-dimension embedding std is the collapse detector: VICReg's variance term pushes every dimension
-    to std >= 1, and a collapsing run shows many dimensions near 0. Logged: mean and min std, and the
-    fraction of dimensions below 0.1, for the global (``std/global``) and multi-level (``std/local``)
-    embeddings; and the same for the scale-free ``nstd/*`` (std of L2-normalised embeddings x sqrt(d):
-    ~1 when the embeddings spread over all directions, 0 when they collapse to a point), which a
-    shrinking output scale cannot fake. ``engine.state.epoch_stats`` gets epoch time and epoch-average throughput and loss;
+    Log keys (mean, min and fraction of dimensions below 0.1 of each):
+
+    - ``std/global``, ``std/local``: per-dimension std of the global and multi-level embeddings. VICReg's variance term
+      pushes every dimension to std >= 1, so without a final BatchNorm a collapsing run shows dimensions near 0. With
+      ``expander_last_bn`` (the authors' heads, the paper profile) the last layer is a BatchNorm, whose output has
+      std ~1 per dimension *by construction*, collapsed or not: ``std/*`` then says nothing about collapse.
+    - ``nstd/global``, ``nstd/local``: the scale-free detector, std of the L2-normalised embeddings x sqrt(d): ~1 when
+      the embeddings spread over all directions, 0 when they collapse to one point, whatever the output scale or a
+      final BatchNorm. Watch these rather than ``std/*``. (Neither per-dimension statistic sees a *dimensional*
+      collapse onto a few directions: a batch of +-u has nstd ~1.)
+ ``engine.state.epoch_stats`` gets epoch time and epoch-average throughput and loss;
     ``engine.state.embedding_std`` the last per-dimension std arrays (what :class:`EncoderExport` records).
     """
 
