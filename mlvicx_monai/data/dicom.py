@@ -595,6 +595,14 @@ def _expected_bytes(px: _Pixels) -> int:
     return (count + 7) // 8 if px.bits_allocated == 1 else count * px.bits_allocated // 8
 
 
+def _in_stored_range(arr: np.ndarray, px: _Pixels) -> bool:
+    """Whether every value already is a ``BitsStored``-bit value (unused high bits zero, or a sign extension)."""
+    if px.pixel_representation == 0:
+        return int(arr.max()) < 2**px.bits_stored
+    half = 2 ** (px.bits_stored - 1)
+    return -half <= int(arr.min()) and int(arr.max()) < half
+
+
 def _stored_values(ds: Dataset, px: _Pixels, tsyntax: UID, path: str) -> np.ndarray:
     """Stored values, shape (rows, columns), integer dtype; unused high bits masked / sign-extended."""
     try:
@@ -634,10 +642,21 @@ def _stored_values(ds: Dataset, px: _Pixels, tsyntax: UID, path: str) -> np.ndar
     overrides: dict[str, Any] = {}
     if px.photometric_assumed:
         overrides["photometric_interpretation"] = px.photometric
+    # Uncompressed little-endian data: a read-only view on the Pixel Data bytes instead of pydicom's copy with
+    # the unused high bits corrected (RG1_UNCR: 0.3 instead of 1.1 ms); corrected below only when they are not
+    # clean, which two reductions tell. Nothing downstream writes to the stored values.
+    view = not decoder.is_encapsulated and tsyntax.is_little_endian and px.bits_allocated in (8, 16, 32)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. pydicom's "excess frames" notes; checked above
-            arr, _ = decoder.as_array(ds, index=0, raw=True, **overrides)
+            if view:
+                arr, _ = decoder.as_array(
+                    ds, index=0, raw=True, view_only=True, correct_unused_bits=False, **overrides
+                )
+                if px.bits_stored < px.bits_allocated and not _in_stored_range(arr, px):
+                    arr, _ = decoder.as_array(ds, index=0, raw=True, **overrides)
+            else:
+                arr, _ = decoder.as_array(ds, index=0, raw=True, **overrides)
     except Exception as err:
         raise CXRDecodeError(
             path,

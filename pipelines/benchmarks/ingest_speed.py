@@ -21,7 +21,9 @@ over the rounds of:
 - ``files/s``: files / wall time of the whole ``ingest()`` call (start-up of the workers, the final manifest
   assembly included); ``x dcm2pnm``: the ratio to dcm2pnm's files/s *of the same round*;
 - ``steady``: files/s while the files flow, from the modification times of the cached PNGs (10th to 90th
-  percentile of the files; excludes start-up and assembly);
+  percentile of the files; excludes start-up and assembly); ``scaling``: files/s (end to end) of n workers over
+  one worker's, same round; ``start/end s``: seconds before the first cached file (workers' start-up) and
+  after the last (the manifest assembly);
 - ``CPU ms/file``: process CPU seconds (user + system, the ingest process and its workers; for dcm2pnm its
   processes) per file: less sensitive to other load on the machine than wall time;
 - ``peak RSS``: of the ingest process and of its largest worker process.
@@ -79,14 +81,26 @@ def _cpu_seconds(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _steady_rate(out: Path, start_ns: int) -> tuple[float | None, float]:
-    """(files/s between the 10th and 90th percentile of the cached PNGs' write times, seconds to the first)."""
+def _peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries that over ``exec`` from the
+    forking process, so a child started by a large benchmark process reported the benchmark's size (the 239 MiB
+    of earlier runs of this script)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: KiB on Linux, bytes on macOS
+
+
+def _timeline(out: Path, start_ns: int, end_ns: int) -> dict[str, float | None]:
+    """From the cached PNGs' write times: files/s between the 10th and 90th percentile of the files
+    (``steady``), seconds from the start to the first file (``start_s``: worker start-up, planning) and from the
+    last file to the end (``end_s``: manifest assembly)."""
     stamps = sorted(p.stat().st_mtime_ns for p in (out / "images").rglob("*.png"))
     if not stamps:
-        return None, float("nan")
+        return {"steady": None, "start_s": None, "end_s": None}
     lo, hi = len(stamps) // 10, len(stamps) - 1 - len(stamps) // 10
     rate = (hi - lo) / ((stamps[hi] - stamps[lo]) / 1e9) if hi > lo and stamps[hi] > stamps[lo] else None
-    return rate, (stamps[0] - start_ns) / 1e9
+    return {"steady": rate, "start_s": (stamps[0] - start_ns) / 1e9, "end_s": (end_ns - stamps[-1]) / 1e9}
 
 
 def _run_one(src: Path, out: Path, workers: int, size: int, secret: Path) -> None:
@@ -99,12 +113,13 @@ def _run_one(src: Path, out: Path, workers: int, size: int, secret: Path) -> Non
     start = time.perf_counter()
     summary = ingest(cfg)
     seconds = time.perf_counter() - start
+    end_ns = time.time_ns()
     cpu = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0  # workers are reaped
-    steady, first = _steady_rate(out, start_ns)
     print("RESULT " + json.dumps({
-        "seconds": seconds, "cpu_seconds": cpu, "steady": steady, "first_output_s": first,
+        "seconds": seconds, "cpu_seconds": cpu, **_timeline(out, start_ns, end_ns),
         "kept": summary.get("ingested"), "quarantined": summary.get("quarantined"),
-        "rss_main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # Linux: KiB
+        "rss_main_mib": _peak_rss_mib(),
+        # largest worker; spawned workers start from a fresh interpreter, their ru_maxrss is their own (KiB)
         "rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
     }))
 
@@ -236,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cpu cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}; cache side {args.size}; "
               f"{args.rounds} rounds, medians\n")
         header = (f"{'tree':<13} {'files':>5}  {'code':<10} {'tool':<20} {'files/s':>8} {'x dcm2pnm':>9} {'steady':>7} "
-                  f"{'scaling':>7} {'CPU ms/file':>11} {'RSS main/worker MiB':>19}")
+                  f"{'scaling':>7} {'start/end s':>11} {'CPU ms/file':>11} {'RSS main/worker MiB':>19}")
         print(header)
         for name, src in trees.items():
             files = sorted(src.iterdir())
@@ -262,12 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scaling = "" if label == "dcm2pnm" or workers == min(args.workers) else (
                     f"{_median([row['rate'] / first['rate'] for row, first in zip(rows, one)]):.2f}x")
                 steady = "" if label == "dcm2pnm" else f"{_median([row['steady'] for row in rows]):.1f}"
+                ends = "" if label == "dcm2pnm" else (
+                    f"{_median([row['start_s'] for row in rows]):.2f}/{_median([row['end_s'] for row in rows]):.2f}")
                 rss = "" if label == "dcm2pnm" else (
                     f"{_median([row['rss_main_mib'] for row in rows]):.0f} / "
                     + (f"{_median([row['rss_worker_mib'] for row in rows]):.0f}" if workers > 1 else "-"))
                 tool = "dcm2pnm, 1 process" if label == "dcm2pnm" else f"ingest, {workers} worker{'s' if workers > 1 else ''}"
                 print(f"{name:<13} {len(files):>5}  {'' if label == 'dcm2pnm' else label:<10} {tool:<20} "
-                      f"{_median([row['rate'] for row in rows]):>8.1f} {ratio:>9.2f} {steady:>7} {scaling:>7} "
+                      f"{_median([row['rate'] for row in rows]):>8.1f} {ratio:>9.2f} {steady:>7} {scaling:>7} {ends:>11} "
                       f"{1000 * _median([row['cpu_seconds'] for row in rows]) / len(files):>11.1f} {rss:>19}")
         double = work / "rg1x2"
         _unique_copies(Path(rg1), double, 2 * args.copies)

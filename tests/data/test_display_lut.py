@@ -147,3 +147,23 @@ def test_no_per_pixel_float64_array():
         tracemalloc.stop()
     assert image.dtype == np.float32
     assert peak / image.size < 10, peak / image.size
+
+
+@pytest.mark.parametrize(
+    "pixels, representation, clean",
+    [
+        (RNG.integers(0, 4096, (8, 8)), 0, True),
+        (RNG.integers(0, 4096, (8, 8)) | (1 << 13), 0, False),  # garbage above BitsStored
+        (RNG.integers(-2048, 2048, (8, 8)), 1, True),  # two's complement written sign-extended
+        (RNG.integers(-2048, 2048, (8, 8)) & 0x0FFF, 1, False),  # the 12-bit pattern with zero high bits
+    ],
+)
+def test_uncompressed_stored_values_are_a_view_unless_the_high_bits_need_correcting(pixels, representation, clean):
+    ds = build_dataset(pixels, bits_stored=12, pixel_representation=representation)
+    px = dicom._pixel_module(ds, "x")
+    stored = dicom._stored_values(ds, px, dicom._transfer_syntax(ds, "x")[0], "x")
+    expected = pixels & 0x0FFF
+    if representation:
+        expected = np.where(expected >= 2048, expected - 4096, expected)
+    assert np.array_equal(stored, expected)
+    assert stored.flags.writeable is not clean  # read-only view on the Pixel Data bytes when nothing to correct
