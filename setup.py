@@ -35,6 +35,7 @@ setup(
         "itk>=5.3",
         "scikit-image>=0.22",
         "scikit-learn>=1.3",
+        "threadpoolctl>=3.1",  # one BLAS thread in the ingestion workers' resize (mlvicx_monai.data.resample)
         "scipy>=1.10",
         "pandas>=2.0",
         "numpy>=1.24",

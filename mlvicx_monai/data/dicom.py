@@ -12,6 +12,10 @@ The grayscale pipeline is the one of DICOM PS3.4 N.2 that viewers use:
 4. the VOI output range scaled to ``[0, 1]``;
 5. ``MONOCHROME1`` inverted (``1 - x``) so that bone is bright.
 
+Steps 2-5 are computed once per possible stored value (a lookup table of at most 65,536 entries for 8/16-bit
+data, in float64 so that the values are those of the per-pixel float64 computation this replaced), then applied
+to the pixels in one float32 gather: no per-pixel float64 array is ever made.
+
 Every file that cannot be used as a single-frame grayscale radiograph raises :class:`CXRDecodeError` with a
 ``code`` from :data:`ERROR_CODES` and a reason that names the attribute, its value and what to do.
 Nothing in :class:`CXRMeta` or in an error reason is read from a PHI attribute.
@@ -591,6 +595,14 @@ def _expected_bytes(px: _Pixels) -> int:
     return (count + 7) // 8 if px.bits_allocated == 1 else count * px.bits_allocated // 8
 
 
+def _in_stored_range(arr: np.ndarray, px: _Pixels) -> bool:
+    """Whether every value already is a ``BitsStored``-bit value (unused high bits zero, or a sign extension)."""
+    if px.pixel_representation == 0:
+        return int(arr.max()) < 2**px.bits_stored
+    half = 2 ** (px.bits_stored - 1)
+    return -half <= int(arr.min()) and int(arr.max()) < half
+
+
 def _stored_values(ds: Dataset, px: _Pixels, tsyntax: UID, path: str) -> np.ndarray:
     """Stored values, shape (rows, columns), integer dtype; unused high bits masked / sign-extended."""
     try:
@@ -630,10 +642,21 @@ def _stored_values(ds: Dataset, px: _Pixels, tsyntax: UID, path: str) -> np.ndar
     overrides: dict[str, Any] = {}
     if px.photometric_assumed:
         overrides["photometric_interpretation"] = px.photometric
+    # Uncompressed little-endian data: a read-only view on the Pixel Data bytes instead of pydicom's copy with
+    # the unused high bits corrected (RG1_UNCR: 0.3 instead of 1.1 ms); corrected below only when they are not
+    # clean, which two reductions tell. Nothing downstream writes to the stored values.
+    view = not decoder.is_encapsulated and tsyntax.is_little_endian and px.bits_allocated in (8, 16, 32)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. pydicom's "excess frames" notes; checked above
-            arr, _ = decoder.as_array(ds, index=0, raw=True, **overrides)
+            if view:
+                arr, _ = decoder.as_array(
+                    ds, index=0, raw=True, view_only=True, correct_unused_bits=False, **overrides
+                )
+                if px.bits_stored < px.bits_allocated and not _in_stored_range(arr, px):
+                    arr, _ = decoder.as_array(ds, index=0, raw=True, **overrides)
+            else:
+                arr, _ = decoder.as_array(ds, index=0, raw=True, **overrides)
     except Exception as err:
         raise CXRDecodeError(
             path,
@@ -741,7 +764,7 @@ def _little_endian(ds: Dataset) -> bool:
 
 
 def _modality_lut(stored: np.ndarray, gray: Dataset, ds: Dataset, path: str) -> np.ndarray:
-    """Stored values -> modality values (float64)."""
+    """Stored values (the lookup table's domain, :attr:`_Domain.values`) -> modality values (float64)."""
     sequence = gray.get("ModalityLUTSequence")
     if sequence:
         # pydicom 3.0.2's apply_modality_lut builds the table as f"uint{bits}" and raises TypeError for the
@@ -827,8 +850,9 @@ def _window(values: np.ndarray, gray: Dataset, path: str) -> tuple[np.ndarray, s
     return out, "window" if function == "LINEAR" else f"window:{function}"
 
 
-def _minmax(values: np.ndarray, path: str) -> np.ndarray:
-    low, high = float(values.min()), float(values.max())
+def _minmax(values: np.ndarray, path: str, domain: _Domain) -> np.ndarray:
+    """Modality table -> [0, 1] by the min and max of the values that occur in the image."""
+    low, high = domain.occurring_range(values)
     if not high > low:
         raise CXRDecodeError(
             path,
@@ -839,8 +863,9 @@ def _minmax(values: np.ndarray, path: str) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def _voi(values: np.ndarray, gray: Dataset, ds: Dataset, path: str) -> tuple[np.ndarray, str]:
-    """Modality values -> display values in [0, 1] (before MONOCHROME1 inversion)."""
+def _voi(values: np.ndarray, gray: Dataset, ds: Dataset, path: str, domain: _Domain) -> tuple[np.ndarray, str]:
+    """Modality table -> display table in [0, 1] (before MONOCHROME1 inversion); the fallback to min-max is decided
+    on the values that occur in the image (``domain``)."""
     out: np.ndarray | None = None
     sequence = gray.get("VOILUTSequence")
     if sequence:
@@ -852,11 +877,109 @@ def _voi(values: np.ndarray, gray: Dataset, ds: Dataset, path: str) -> tuple[np.
         windowed = _window(values, gray, path)
         if windowed is not None:
             out, method = windowed
-    if out is not None and float(out.max()) > float(out.min()):
-        return out, method
     if out is not None:
+        low, high = domain.occurring_range(out)
+        if high > low:
+            return out, method
         logger.warning("%s: the VOI transform maps the whole image to one value; using min-max instead", path)
-    return _minmax(values, path), "minmax"
+    return _minmax(values, path, domain), "minmax"
+
+
+@dataclass(frozen=True)
+class _Domain:
+    """The stored values a display lookup table is computed over, and how each pixel indexes the table.
+
+    Attributes:
+        values: the table's inputs, ascending: the whole range of the pixel array's integer type for 8/16-bit
+            data (so building the domain needs no pass over the pixels but one min/max), else the image's range
+            (or its distinct values when that range is wider than 2^16).
+        index: per pixel, its entry in the *gather* table, shape (rows, columns), uint8/uint16 for 8/16-bit data
+            (for signed data the two's complement bit pattern, a free view of the pixels).
+        order: gather table = table (in ``values`` order) ``[order]``; None when the orders are the same.
+        first, last: positions in ``values`` of the image's smallest and largest stored value.
+    """
+
+    values: np.ndarray
+    index: np.ndarray
+    order: np.ndarray | None
+    first: int
+    last: int
+
+    def gather_table(self, table: np.ndarray) -> np.ndarray:
+        return table if self.order is None else table[self.order]
+
+    def occurring_range(self, table: np.ndarray) -> tuple[float, float]:
+        """(min, max) of ``table`` (one entry per ``values``) over the stored values that occur in the image."""
+        segment = table[self.first : self.last + 1]
+        steps = np.diff(segment)
+        if bool((steps >= 0).all()) or bool((steps <= 0).all()):
+            # monotone between the image's extreme values, which occur: the usual case (rescale, windows)
+            ends = (float(segment[0]), float(segment[-1]))
+            return min(ends), max(ends)
+        # a LUT Sequence that goes up and down: exactly the entries that occur (one counting pass, 5 ms on RG1)
+        occurs_gathered = np.bincount(self.index.ravel(), minlength=self.values.size)[: self.values.size] > 0
+        occurs = occurs_gathered
+        if self.order is not None:
+            occurs = np.empty_like(occurs_gathered)
+            occurs[self.order] = occurs_gathered
+        present = table[occurs]
+        return float(present.min()), float(present.max())
+
+
+def _stored_domain(stored: np.ndarray) -> _Domain:
+    """The lookup-table domain of an integer stored-value array (see :class:`_Domain`)."""
+    if not stored.dtype.isnative:
+        stored = stored.astype(stored.dtype.newbyteorder("="))
+    low, high = int(stored.min()), int(stored.max())
+    kind, size = stored.dtype.kind, stored.dtype.itemsize
+    if kind in "ub" and size <= 2:
+        values = np.arange(2 ** (8 * size), dtype=stored.dtype if kind == "u" else np.uint8)
+        return _Domain(values, stored.view(np.uint8) if kind == "b" else stored, None, low, high)
+    if kind == "i" and size <= 2:
+        half = 2 ** (8 * size - 1)
+        values = np.arange(-half, half, dtype=stored.dtype)
+        # the bit pattern g of a value v is v mod 2^bits; its position in ``values`` is v + half = g XOR half
+        order = np.arange(2 * half) ^ half
+        return _Domain(values, stored.view(f"u{size}"), order, low + half, high + half)
+    if high - low < 2**16:  # 32-bit cells holding a 16-bit range
+        index = np.subtract(stored, low, dtype=np.int64).astype(np.uint16)
+        return _Domain(np.arange(low, high + 1, dtype=np.int64), index, None, 0, high - low)
+    values, inverse = np.unique(stored, return_inverse=True)  # wide 32-bit data: rare, a sort
+    return _Domain(values, inverse.reshape(stored.shape), None, 0, values.size - 1)
+
+
+def _display(stored: np.ndarray, gray: Dataset, ds: Dataset, px: _Pixels, path: str) -> tuple[np.ndarray, str]:
+    """Stored values -> (float32 display image in [0, 1], bone bright; VOI method).
+
+    The Modality LUT, VOI, inversion and clipping are applied to the table of every possible stored value
+    (float64, at most 65,536 entries: < 1 ms), then the pixels are mapped by one float32 gather. On the
+    1955 x 1841 RG1_UNCR.dcm this takes 7 ms instead of the 18 ms of the same steps as float64 passes over the
+    pixels (``python -m pipelines.benchmarks.ingest_speed --stages``), with identical values: every step is a
+    function of the stored value alone except the min-max range and the "VOI maps everything to one value"
+    check, which are taken over the values that occur in the image.
+    """
+    domain = _stored_domain(stored)
+    modality = _modality_lut(domain.values, gray, ds, path)
+    table, voi = _voi(modality, gray, ds, path, domain)
+    if px.photometric == "MONOCHROME1":
+        table = 1.0 - table
+    table = np.clip(table, 0.0, 1.0).astype(np.float32)
+    return _gather(domain.gather_table(table), domain.index), voi
+
+
+_GATHER_PIXELS = 2**17
+
+
+def _gather(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``table[index]`` by blocks of rows: ``np.take`` converts its indices to intp first, and in blocks of ~2^17
+    pixels that copy stays in cache (RG1_UNCR: 5.0 instead of 6.9 ms, measured in alternating rounds)."""
+    out = np.empty(index.shape, dtype=table.dtype)
+    if index.ndim != 2:
+        return np.take(table, index, out=out)
+    step = max(1, _GATHER_PIXELS // max(index.shape[1], 1))
+    for row in range(0, index.shape[0], step):
+        np.take(table, index[row : row + step], out=out[row : row + step], mode="clip")  # indices are in range
+    return out
 
 
 def _spacing(ds: Dataset, gray: Dataset) -> tuple[tuple[float, float] | None, str | None]:
@@ -910,11 +1033,7 @@ def decode_cxr(ds: Dataset, path: str | os.PathLike | None = None) -> tuple[np.n
     tsyntax, declared = _transfer_syntax(ds, p)
     stored = _stored_values(ds, px, tsyntax, p)
     gray = _grayscale_attributes(ds)
-    modality = _modality_lut(stored, gray, ds, p)
-    image, voi = _voi(modality, gray, ds, p)
-    if px.photometric == "MONOCHROME1":
-        image = 1.0 - image
-    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    image, voi = _display(stored, gray, ds, px, p)
 
     spacing, spacing_source = _spacing(ds, gray)
     meta = CXRMeta(

@@ -15,7 +15,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mlvicx_monai.data.dicom import CXRDecodeError, CXRMeta, is_dicom, load_cxr
+from mlvicx_monai.data.dicom import CXRDecodeError, CXRMeta, _gather, _stored_domain, is_dicom, load_cxr
 
 __all__ = ["PNG_SIGNATURE", "as_path", "load_image", "load_png", "sniff_format"]
 
@@ -114,13 +114,16 @@ def load_png(path: str | os.PathLike) -> tuple[np.ndarray, CXRMeta]:
         image = arr.astype(np.float32) / np.float32(255.0)
     else:  # 16-bit grayscale ("I;16*" or "I"): no display window in PNG, so min-max like a DICOM without VOI
         bits, voi = 16, "minmax"
-        values = arr.astype(np.float64)
-        low, high = float(values.min()), float(values.max())
+        low, high = float(arr.min()), float(arr.max())
         if not high > low:
             raise CXRDecodeError(
                 p, "empty_image", f"every pixel has the value {low:g}: the image is blank; exclude it"
             )
-        image = ((values - low) / (high - low)).astype(np.float32)
+        # as DICOM: the min-max computed in float64 once per possible value, then one float32 gather (the
+        # values of a per-pixel float64 computation, without its 8-byte-per-pixel temporaries)
+        domain = _stored_domain(arr)
+        table = ((domain.values.astype(np.float64) - low) / (high - low)).astype(np.float32)
+        image = _gather(domain.gather_table(table), domain.index)
     meta = CXRMeta(
         source_format="png",
         modality=None,

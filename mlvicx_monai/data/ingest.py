@@ -48,6 +48,7 @@ from mlvicx_monai.data.deid import Pseudonymizer, phi_tokens, phi_values, redact
 from mlvicx_monai.data.dicom import CXRDecodeError, decode_cxr, read_dicom
 from mlvicx_monai.data.pacs import FileRejected, PacsFilter, check_header, identifiers, is_dicomdir_name
 from mlvicx_monai.data.images import load_image
+from mlvicx_monai.data.resample import lanczos_resize
 from mlvicx_monai.data.rle import RLEError, rle_merge
 from mlvicx_monai.utils.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
 from mlvicx_monai.utils.hashing import sha256_file
@@ -148,16 +149,20 @@ def _file_stem(image_id: str) -> str:
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    """(rows, cols) float [0,1] -> (size, size) float [0,1], anti-aliased.
+    """(rows, cols) float [0,1] -> (size, size) float32 [0,1], anti-aliased.
 
-    PIL's Lanczos filter on a float image ("F" mode) runs in C without torch, which keeps the worker
-    processes light; the aspect ratio is not preserved (x and y scale independently; boxes and masks
-    are scaled the same way).
+    Pillow's Lanczos filter ("F" mode) computed by :func:`~mlvicx_monai.data.resample.lanczos_resize` (equal to
+    float32 rounding, 4 ms instead of Pillow's 17 ms on RG1_UNCR.dcm); no torch, which keeps the worker
+    processes light. The aspect ratio is not preserved (x and y scale independently; boxes and masks are
+    scaled the same way).
     """
-    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
-        (size, size), Image.Resampling.LANCZOS
-    )
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    return np.clip(lanczos_resize(image, size, size), 0.0, 1.0)
+
+
+# zlib level of the cached PNGs. Measured on 14 cached 256 px radiographs (RG1, RG3, phantom), per image:
+# level 0 0.9 ms 64 KiB, 1: 1.6 ms 29.8 KiB, 3 (before): 2.6 ms 28.9 KiB, 4: 3.6 ms 25.6 KiB, 6: 7.5 ms
+# 25.6 KiB, 9: 19 ms 25.4 KiB. Level 1 saves 1 ms of a ~20 ms file for 3 % more disk; decoding is as fast.
+_PNG_LEVEL = 1
 
 
 def cache_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -171,7 +176,7 @@ def cache_image(image: np.ndarray, size: int) -> np.ndarray:
 
 def _png_bytes(array_u8: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array_u8).save(buffer, format="PNG", compress_level=3)
+    Image.fromarray(array_u8).save(buffer, format="PNG", compress_level=_PNG_LEVEL)
     return buffer.getvalue()
 
 
