@@ -75,6 +75,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _TERM_COLOURS = {"inv": "tab:blue", "var": "tab:orange", "cov": "tab:green"}
 _PART_STYLE = {"global": "-", "local": "--"}
 _PART_LABEL = {"global": "global (z)", "local": "multi-level (m)"}
+_BAR = "#4a86c0"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -370,9 +371,12 @@ def auc_bars_figure(report: Mapping[str, Any], title: str = "Test AUC per class"
             ax.text(0.02, yi, f"excluded from the mean ({why} in the test split)", va="center", fontsize=8,
                     color="dimgrey")
         else:
-            ax.barh(yi, float(value), color="tab:blue", alpha=0.8)
-            ax.text(float(value) - 0.01, yi, f"{float(value):.3f}", va="center", ha="right", fontsize=8, color="white",
-                    fontweight="bold")
+            ax.barh(yi, float(value), color=_BAR, zorder=2)
+            inside = float(value) >= 0.15  # the value inside the bar's end, or just right of a short bar
+            ax.text(float(value) + (-0.01 if inside else 0.01), yi, f"{float(value):.3f}", va="center", zorder=5,
+                    ha="right" if inside else "left", fontsize=8, color="white" if inside else "black",
+                    fontweight="bold", bbox={"boxstyle": "square,pad=0.15", "fc": _BAR if inside else "white",
+                                             "ec": "none"})
     labels = [f"{n}  (+{n_pos[n]}/−{n_neg[n]})" if n in n_pos and n in n_neg else n for n in names]
     ax.set_yticks(y, labels, fontsize=8)
     ax.axvline(0.5, color="grey", ls=":", lw=1.0, label="chance 0.5")
@@ -383,9 +387,9 @@ def auc_bars_figure(report: Mapping[str, Any], title: str = "Test AUC per class"
         label = f"mean AUC {float(mean):.3f} over {n_defined} classes"
         if ci and all(v is not None for v in ci):
             level = float(report.get("ci_level", 0.95))
-            ax.axvspan(float(ci[0]), float(ci[1]), color="tab:orange", alpha=0.2,
+            ax.axvspan(float(ci[0]), float(ci[1]), color="tab:orange", alpha=0.2, zorder=1,
                        label=f"{level:.0%} bootstrap CI {float(ci[0]):.3f}–{float(ci[1]):.3f}")
-        ax.axvline(float(mean), color="tab:orange", lw=1.8, label=label)
+        ax.axvline(float(mean), color="tab:orange", lw=1.8, label=label, zorder=4)
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("ROC AUC (test)")
     ax.set_title(title + ("  ·  (+pos/−neg images)" if n_pos else ""))
@@ -585,6 +589,8 @@ def gradcam_grid_figure(
         caption = f"{class_names[i]}\np = {float(probabilities[i]):.2f}"
         if labels is not None and labels[i] is not None:
             caption += "  ·  label: " + ("positive" if labels[i] else "negative")
+        if float(heats[i].max()) <= 0.0:  # nothing left by Grad-CAM's ReLU, or a constant map
+            caption += "\n(no heat: map 0 or constant)"
         ax.set_title(caption, fontsize=8)
     scale = ScalarMappable(norm=Normalize(0.0, 1.0), cmap="jet")
     bar = fig.colorbar(scale, ax=axes.ravel().tolist(), shrink=0.8, pad=0.01, aspect=30)
@@ -611,8 +617,10 @@ def gradcam_examples(
     Images with a positive label come first (the first ``n`` among the first ``max_scan`` items; the rest filled
     with negatives). Each panel explains the image's positive class with the highest probability, or for an
     image without a positive class the most probable class. MONAI's ``GradCAM`` runs on a deep copy of
-    ``classifier`` (its hooks stay on the copy; the classifier's weights, gradients and mode are untouched), with
-    ``gradcam_normalizer`` (min-max to [0, 1], bright = evidence) as ``bundles/infer.json`` does.
+    ``classifier`` (its hooks stay on the copy; the classifier's weights, gradients and mode are untouched); the map
+    is upsampled as ``GradCAM.__call__`` does and scaled by ``gradcam_normalizer`` (min-max to [0, 1], bright =
+    evidence) as ``bundles/infer.json`` does, except that a constant map (no location, e.g. the 1 x 1 layer4 map of a
+    32 px input) is shown as no heat instead of its min-max-scaled rounding noise.
 
     Args:
         classifier: a :class:`~mlvicx_monai.networks.CXRClassifier` (or any module with ``gradcam_target_layer``
@@ -631,7 +639,7 @@ def gradcam_examples(
     import copy
 
     import torch
-    from monai.visualize import GradCAM
+    from monai.visualize import GradCAM, default_upsampler
 
     from mlvicx_monai.engines.infer import gradcam_normalizer
 
@@ -650,7 +658,7 @@ def gradcam_examples(
     device = torch.device(device)
     model = copy.deepcopy(classifier).to(device).eval()
     layer = model.gradcam_target_layer if target_layer == "auto" else target_layer
-    cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=gradcam_normalizer)
+    cam = GradCAM(nn_module=model, target_layers=layer)
     mean, std = float(normalization["mean"]), float(normalization["std"])
     xs, ys = [], []
     for item in chosen:
@@ -669,7 +677,14 @@ def gradcam_examples(
     for x, label, p in zip(batch, ys, prob, strict=True):
         x = x[None]
         k = int(np.flatnonzero(label)[np.argmax(p[label])]) if label.any() else int(np.argmax(p))
-        heat = cam(x.detach().clone().requires_grad_(True), class_idx=k)[0, 0].detach().float().cpu().numpy()
+        raw = cam.compute_map(x.detach().clone().requires_grad_(True), class_idx=k).detach().float()  # [1, 1, h, w]
+        span, top = float(raw.max() - raw.min()), float(raw.abs().max())
+        if span <= 1e-6 * top or top == 0.0:
+            # a constant map (e.g. 1 x 1 at small inputs) carries no location; min-max would blow its rounding noise
+            # up to the full [0, 1] range, so it is shown as no heat
+            heat = np.zeros(tuple(x.shape[2:]), dtype=np.float32)
+        else:  # what GradCAM.__call__ does: MONAI's default upsampler, then the [0, 1] scaling of infer.py
+            heat = gradcam_normalizer(default_upsampler(tuple(x.shape[2:]))(raw))[0, 0].cpu().numpy()
         images.append(np.clip(x[0, 0].cpu().numpy() * std + mean, 0.0, 1.0))
         heats.append(np.clip(heat, 0.0, 1.0))
         names.append(str(class_names[k]))
