@@ -1003,7 +1003,8 @@ class DownstreamCurves(_FigureHandler):
     """Trainer handler of ``classify.json`` / ``segment.json``: epoch loss and validation metrics per epoch.
 
     At every epoch end records ``engine.state.metrics[loss_key]`` and each of ``val_metrics`` (copied into the
-    trainer's metrics by ``CopyMetrics`` after the validation; NaN when absent), and writes
+    trainer's metrics by ``CopyMetrics`` after the validation; NaN when absent; with a validation interval above 1
+    the epochs in between repeat the last validated value, as the trainer's metrics do), and writes
     ``training_curves.png`` (:func:`downstream_curves_figure`) at COMPLETED, the best epoch marked
     (``best.best_epoch`` when a ``BestCheckpoint`` is given, else the first epoch with the highest first metric).
 
