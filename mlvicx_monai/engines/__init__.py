@@ -1,6 +1,6 @@
 """Engines: the pretraining iteration, its handlers (guard, monitor, checkpoint, export) and DDP helpers."""
 
-from .checkpoint import CheckpointError, ResumableCheckpoint, read_resume_info
+from .checkpoint import CheckpointError, ResumableCheckpoint, read_resume_info, register_resumable
 from .distributed import init_distributed, is_rank0, per_rank_batch, resolve_device
 from .export import EncoderExport
 from .handlers import NonFiniteGuard, NonFiniteLossError, TrainingMonitor
@@ -18,6 +18,7 @@ __all__ = [
     "is_rank0",
     "per_rank_batch",
     "read_resume_info",
+    "register_resumable",
     "resolve_amp",
     "resolve_device",
     "schedule_steps",

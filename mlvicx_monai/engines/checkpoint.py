@@ -25,7 +25,7 @@ from ignite.engine import Engine, Events
 from mlvicx_monai.engines.distributed import is_distributed, is_rank0
 from mlvicx_monai.utils.atomic import atomic_write, atomic_write_json
 
-__all__ = ["CheckpointError", "ResumableCheckpoint", "read_resume_info"]
+__all__ = ["CheckpointError", "ResumableCheckpoint", "read_resume_info", "register_resumable"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,20 @@ _FORMAT = "mlvicx-train-checkpoint/1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be restored into this run (other model, corrupt file)."""
+
+
+def register_resumable(engine: Engine, name: str, obj: Any) -> None:
+    """Have the engine's :class:`ResumableCheckpoint` save and restore ``obj`` (``state_dict``/``load_state_dict``)
+    under ``name`` too: a handler with history (e.g. the figure recorders) registers itself when it attaches, so a
+    bundle needs no cross-reference between its handlers."""
+    if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+        raise TypeError(f"{type(obj).__name__} has no state_dict/load_state_dict")
+    registry = getattr(engine.state, "resumables", None)
+    if registry is None:
+        registry = engine.state.resumables = {}
+    if name in registry and registry[name] is not obj:
+        raise ValueError(f"two handlers register the resumable state {name!r}")
+    registry[name] = obj
 
 
 def read_resume_info(output_dir: str | Path) -> dict[str, Any]:
@@ -109,13 +123,20 @@ class ResumableCheckpoint:
         if self.every_n_iterations:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every_n_iterations), self.save)
 
+    def _all_objects(self, engine: Engine) -> dict[str, Any]:
+        registered = dict(getattr(engine.state, "resumables", None) or {})
+        clash = sorted(set(registered) & set(self.objects))
+        if clash:
+            raise ValueError(f"resumable state {clash} is both given to ResumableCheckpoint and registered by a handler")
+        return {**self.objects, **registered}
+
     def save(self, engine: Engine) -> None:
         if not is_rank0():
             return
         state = {
             "format": _FORMAT,
             "engine": {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "epoch_length": engine.state.epoch_length},
-            "objects": {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()},
+            "objects": {name: _unwrap(obj).state_dict() for name, obj in self._all_objects(engine).items()},
             "rng": _rng_state(),
             "extra": self.extra,
         }
@@ -142,10 +163,14 @@ class ResumableCheckpoint:
             ) from None
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise CheckpointError(f"{self.path} is not a training checkpoint of this pipeline")
+        objects = self._all_objects(engine)
         missing = set(self.objects) - set(state["objects"])
         if missing:
             raise CheckpointError(f"{self.path} lacks {sorted(missing)}; it was written by a different configuration")
-        for name, obj in self.objects.items():
+        for name, obj in objects.items():
+            if name not in state["objects"]:  # a handler added since the checkpoint (e.g. figures): starts empty
+                logger.info("checkpoint %s has no state for %r; it starts fresh", self.path, name)
+                continue
             try:
                 _unwrap(obj).load_state_dict(state["objects"][name])
             except (RuntimeError, ValueError, KeyError) as err:

@@ -233,15 +233,20 @@ class ClassificationReport(DownstreamReport):
 
     task = "classification"
 
-    def __init__(self, *args: Any, test_network: torch.nn.Module, n_boot: int = 1000, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, test_network: torch.nn.Module, n_boot: int = 1000, gradcam_items: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, trained_network=test_network, **kwargs)
         self.test_network = test_network
         self.n_boot = int(n_boot)
+        self.gradcam_items = gradcam_items
+        self._last: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None
 
     def evaluate(self) -> tuple[dict[str, Any], dict[str, float]]:
         ids, y, p = predict(self.test_network, self.test_loader, self.device, transform=torch.sigmoid)
         seed = int(self.provenance.get("seed", 0) or 0)
         report = classification_report(y, p, self.class_names, n_boot=self.n_boot, seed=seed, threshold=self.threshold)
+        self._last = (y, p, report)
         _write_predictions(self.output_dir / "test_predictions.csv", ids, self.class_names, y, p)
         metrics: dict[str, float] = {"test/mean_auc": report["mean_auc"]}
         if report.get("auc_ci"):
@@ -258,3 +263,20 @@ class ClassificationReport(DownstreamReport):
             report["excluded_classes"] or "none", self.output_dir,
         )
         return report, {k: v for k, v in metrics.items() if v is not None}
+
+    def test_figures(self) -> dict[str, Any]:
+        """Test AUC bars and ROC curves; Grad-CAM examples of test images when the data are synthetic (or the user
+        allowed figures of patient images)."""
+        from mlvicx_monai.tracking.figures import classification_figures, gradcam_examples
+
+        if self._last is None:
+            return {}
+        y, p, report = self._last
+        figures = classification_figures(y, p, self.class_names, report)
+        if self.gradcam_items is not None and (self.synthetic or self.allow_patient_pixels):
+            normalization = {"mean": self.preprocessing.mean, "std": self.preprocessing.std}
+            figures["gradcam_examples"] = gradcam_examples(
+                self.network, self.gradcam_items, self.class_names, normalization, synthetic=self.synthetic,
+                allow_patient_pixels=self.allow_patient_pixels, device=self.device,
+            )
+        return figures

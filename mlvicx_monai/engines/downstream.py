@@ -498,6 +498,8 @@ class DownstreamReport:
         threshold: float = 0.5,
         device: str | torch.device = "cpu",
         trained_network: torch.nn.Module | None = None,
+        synthetic: bool = False,
+        allow_patient_pixels: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.network = network
@@ -513,6 +515,8 @@ class DownstreamReport:
         self.run = tracking_run
         self.threshold = float(threshold)
         self.device = torch.device(device)
+        self.synthetic = bool(synthetic)
+        self.allow_patient_pixels = bool(allow_patient_pixels)
         self.results: dict[str, Any] | None = None
         self.metrics: dict[str, float] = {}
 
@@ -537,6 +541,19 @@ class DownstreamReport:
     def evaluate(self) -> tuple[dict[str, Any], dict[str, float]]:
         """``(summary for results.json["test"], MLflow metrics)`` of the restored model on the test split."""
         raise NotImplementedError
+
+    def test_figures(self) -> dict[str, Any]:
+        """Figures of the last :meth:`evaluate` (:mod:`mlvicx_monai.tracking.figures`), by name."""
+        return {}
+
+    def _save_figures(self) -> None:
+        """Write and log the test figures; a figure that fails costs the figure, never the run's results."""
+        from mlvicx_monai.tracking.figures import run_target, save_figures
+
+        try:
+            save_figures(self.test_figures(), self.output_dir, *run_target(self.run))
+        except Exception as err:  # the results and model.pt are already written
+            logger.warning("the test figures were not written (%s: %s)", type(err).__name__, err)
 
     def __call__(self, engine: Engine) -> None:
         restored = restore_best(self.trained_network, self.best_path)
@@ -564,3 +581,4 @@ class DownstreamReport:
         self.metrics = metrics
         if self.run is not None:
             self.run.log_metrics(metrics)
+        self._save_figures()

@@ -111,6 +111,7 @@ class SegmentationReport(DownstreamReport):
         super().__init__(*args, class_names=class_names, **kwargs)
         self.test_evaluator = test_evaluator
         self._rows: list[tuple[str, int, int]] = []
+        self._last: tuple[list[tuple[str, int, int, float]], dict[str, Any]] | None = None
         test_evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._count)
 
     def _count(self, engine: Engine) -> None:
@@ -142,6 +143,7 @@ class SegmentationReport(DownstreamReport):
             "definitions": DICE_DEFINITIONS,
         }
         rows = [[ident, n_true, n_pred, f"{dice:.8g}"] for (ident, n_true, n_pred), dice in zip(self._rows, per_image)]
+        self._last = ([(i, t, q, float(d)) for (i, t, q), d in zip(self._rows, per_image)], summary)
         atomic_write_csv(self.output_dir / "test_dice.csv", rows, header=["id", "truth_pixels", "pred_pixels", "dice"])
         logger.info(
             "test: per-image mean Dice %.4f, global Dice %.4f (%d images, %d without pneumothorax); details in %s",
@@ -150,3 +152,9 @@ class SegmentationReport(DownstreamReport):
         )
         keys = ("mean_dice_per_image", "global_dice", "mean_dice_nonempty_truth", "empty_truth_correct")
         return summary, {f"test/{key}": summary[key] for key in keys if summary[key] is not None}
+
+    def test_figures(self) -> dict[str, Any]:
+        """The per-image Dice histogram of the test split."""
+        from mlvicx_monai.tracking.figures import segmentation_figures
+
+        return segmentation_figures(*self._last) if self._last is not None else {}

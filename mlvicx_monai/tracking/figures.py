@@ -815,6 +815,9 @@ class _FigureHandler:
                 f"attach {type(self).__name__} before ResumableCheckpoint (earlier in the trainer's handler list): "
                 "the checkpoint saves at the same events and would otherwise store the history without its last point"
             )
+        from mlvicx_monai.engines.checkpoint import register_resumable
+
+        register_resumable(engine, "figures", self)  # the run's resumable checkpoint keeps the history
         engine.add_event_handler(Events.STARTED, self._started)
         self._attach_recording(engine)
         if self.every_epochs:
@@ -852,7 +855,8 @@ class PretrainCurves(_FigureHandler):
 
     Records, whenever ``TrainingMonitor`` publishes a new ``engine.state.train_stats`` (every ``log_every``
     iterations), the loss terms, lr and embedding-std summaries (keys matching ``keys``), and the last
-    per-dimension std vectors (``monitor.last_std``, else ``engine.state.output["std/..."]``); at every epoch end
+    per-dimension std vectors (``monitor.last_std``, else the ``engine.state.embedding_std`` the monitor publishes, else
+    ``engine.state.output["std/..."]``); at every epoch end
     the epoch's mean loss (``engine.state.epoch_stats["epoch/loss"]``). Writes ``pretrain_curves.png``
     (:func:`pretrain_curves_figure`) and ``embedding_std.png`` (:func:`embedding_std_figure`) at COMPLETED.
 
@@ -941,7 +945,8 @@ class PretrainCurves(_FigureHandler):
             self.stride *= 2
 
     def _snapshot_std(self, engine: Any) -> None:
-        source: Mapping[str, Any] = getattr(self.monitor, "last_std", None) or {}
+        source: Mapping[str, Any] = (getattr(self.monitor, "last_std", None)
+                                     or getattr(engine.state, "embedding_std", None) or {})
         if not source:
             output = engine.state.output if isinstance(engine.state.output, Mapping) else {}
             source = {k: v for k, v in output.items() if k.startswith(("std/", "nstd/"))}

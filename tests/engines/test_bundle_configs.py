@@ -186,3 +186,21 @@ def _private_secret(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLVICX_DEID_SECRET_FILE", str(tmp_path / "deid.secret"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.mark.parametrize("config, kind", [("classify.json", "classifier"), ("segment.json", "segmenter")])
+def test_evaluate_overlay_scores_a_saved_model_without_training(config: str, kind: str, tiny_demo: Path, tmp_path: Path) -> None:
+    layout = "siim" if kind == "segmenter" else "nih"
+    network = (build_segmenter({}, decoder_channels=(32, 16, 16, 8, 8)) if kind == "segmenter"
+               else build_classifier({}, 5))
+    names = ["Pneumothorax"] if kind == "segmenter" else ["Cardiomegaly", "Consolidation", "Effusion", "Mass", "Pneumothorax"]
+    save_model(network, tmp_path / "model.pt", class_names=names, threshold=0.5,
+               preprocessing=Preprocessing(64, source_size=64))
+    workflow = ConfigWorkflow(config_file=[str(CONFIGS / config), str(CONFIGS / "evaluate.json")], meta_file=META,
+                              workflow_type="train", dataset_dir=str(tiny_demo), output_dir=str(tmp_path),
+                              demo_images=DEMO_IMAGES[layout], demo_raw_size=128, demo_cache_size=64, num_workers=0)
+    workflow.initialize()
+    (record,) = workflow.run()
+    evaluation = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
+    assert evaluation["model"] == str(tmp_path / "model.pt") and evaluation["test"] == json.loads(json.dumps(record["test"]))
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoints").exists()  # nothing trained

@@ -72,7 +72,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> TrackedRun:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         return TrackedRun("figures-tests", "figures", tracking_uri=f"sqlite:///{root}/mlflow.db",
-                          output_dir=root / "run")
+                          output_dir=root / "run").open()
 
 
 def test_save_figures_writes_pngs_and_logs_them_to_mlflow(tracked: TrackedRun, tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def _pretrain_engine(tmp: Path, crash_at: int | None = None, every: int = 2):
     curves = F.PretrainCurves(tmp, monitor=monitor)
     monitor.attach(engine)
     curves.attach(engine)
-    ResumableCheckpoint(tmp, {"figures": curves, "optimizer": optimizer}).attach(engine)
+    ResumableCheckpoint(tmp, {"optimizer": optimizer}).attach(engine)  # the curves register their state themselves
     return engine, curves
 
 
@@ -197,7 +197,7 @@ def test_pretrain_curves_survive_a_crash_and_resume(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a PretrainCurves state"):
         clone.load_state_dict(F.DownstreamCurves(tmp_path).state_dict())
     wrong = Engine(lambda e, b: None)
-    ResumableCheckpoint(tmp_path / "other", {"figures": F.PretrainCurves(tmp_path)}).attach(wrong)
+    ResumableCheckpoint(tmp_path / "other", {}).attach(wrong)
     with pytest.raises(ValueError, match="before ResumableCheckpoint"):
         F.PretrainCurves(tmp_path).attach(wrong)
 
