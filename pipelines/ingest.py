@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--secret-file", type=Path, default=None,
-        help="pseudonymisation secret (default $MLVICX_DEID_SECRET_FILE, else ~/.config/mlvicx-monai/deid.secret, "
-        "generated on first use there); must exist unless --new-secret; keep it outside the outputs and the same "
-        "across runs",
+        help="pseudonymisation secret; a named file must exist unless --new-secret (default: $MLVICX_DEID_SECRET_FILE, "
+        "else ~/.config/mlvicx-monai/deid.secret, generated there on first use); keep it outside the outputs and the "
+        "same across runs",
     )
     parser.add_argument(
         "--new-secret", action="store_true",

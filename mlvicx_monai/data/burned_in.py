@@ -125,6 +125,19 @@ def _aligned(boxes: list[tuple[int, int, int, int]], members: list[int]) -> list
     return best if width >= 2.5 * h else []
 
 
+def _distinct(found: list[tuple[int, tuple[int, int, int, int]]]) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """One entry per text line: the two top-hats see the same glyphs twice (the strokes and the gaps between them)."""
+    kept: list[tuple[int, tuple[int, int, int, int]]] = []
+    for glyphs, box in sorted(found, key=lambda item: -item[0]):
+        x, y, w, h = box
+        if not any(
+            max(0, min(x + w, u + s) - max(x, u)) * max(0, min(y + h, v + t) - max(y, v)) > 0.5 * min(w * h, s * t)
+            for _, (u, v, s, t) in kept
+        ):
+            kept.append((glyphs, box))
+    return sorted(kept, key=lambda item: item[1])
+
+
 def detect_burned_in_text(image: np.ndarray, *, min_glyphs: int = 4, contrast: float = 0.2) -> TextFinding | None:
     """Lines of burned-in text in a display image, or None.
 
@@ -150,5 +163,5 @@ def detect_burned_in_text(image: np.ndarray, *, min_glyphs: int = 4, contrast: f
             found.append((len(members), box))  # type: ignore[arg-type]
     if not found:
         return None
-    found.sort(key=lambda item: item[1])
+    found = _distinct(found)
     return TextFinding(glyphs=tuple(n for n, _ in found), boxes=tuple(b for _, b in found))

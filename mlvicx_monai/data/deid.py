@@ -103,9 +103,10 @@ class Pseudonymizer:
     ) -> "Pseudonymizer":
         """Load the secret from ``path`` (default: :func:`default_secret_path`).
 
-        A missing file named explicitly (``path``, or ``$MLVICX_DEID_SECRET_FILE``) is an error unless ``create``:
-        a typo in the name would otherwise silently re-key every pseudonym. The built-in default
-        ``~/.config/mlvicx-monai/deid.secret`` is generated on first use (logged as a warning).
+        A missing file named explicitly (``path``: ``--secret-file``, ``deid_secret``) is an error unless ``create``:
+        a typo in the name would otherwise silently re-key every pseudonym. The default location
+        (``$MLVICX_DEID_SECRET_FILE``, else ``~/.config/mlvicx-monai/deid.secret``) is generated on first use, with a
+        warning naming it.
 
         Args:
             path: the secret file.
@@ -116,7 +117,7 @@ class Pseudonymizer:
         Raises:
             DeidSecretError: missing without ``create``, too short, inside an output folder or hard-linked into one.
         """
-        explicit = bool(path) or bool(os.environ.get("MLVICX_DEID_SECRET_FILE"))
+        explicit = bool(path)
         secret_path = Path(path).expanduser() if path else default_secret_path()
         resolved = secret_path.resolve()
         for out in outputs or []:

@@ -39,6 +39,7 @@ _NUMBERS = re.compile(
 )
 _WORD = re.compile(r"[^\W_]+")
 _MIN_WORD = 3
+_FILE_MARK = "\x00file\x00"
 
 
 class PHIGuard:
@@ -77,12 +78,11 @@ class PHIGuard:
     # ---- scrubbing ------------------------------------------------------------------------------------------
     def scrub(self, text: str) -> str:
         """``text`` without source paths, quoted values, UIDs/dates/ids, and the current file's PHI words."""
-        text = str(text)
+        text = str(text).replace(_FILE_MARK, "")
         if self._file is not None:
-            spellings, shown, words = self._file
-            for spelling in spellings:
+            for spelling in self._file[0]:
                 if spelling:
-                    text = text.replace(spelling, shown)
+                    text = text.replace(spelling, _FILE_MARK)  # put back after the number scrubbing
         for root in self.roots:
             text = text.replace(root, "<input>")
         text = _QUOTED.sub("[value]", text)
@@ -92,7 +92,7 @@ class PHIGuard:
                 text = pattern.sub("[path]", text)
         for pattern in self._tokens:
             text = pattern.sub("[PHI]", text)
-        return text
+        return text.replace(_FILE_MARK, self._file[1]) if self._file is not None else text
 
     # ---- installation ---------------------------------------------------------------------------------------
     def install(self) -> None:

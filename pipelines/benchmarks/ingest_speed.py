@@ -67,7 +67,8 @@ def _run_one(src: Path, out: Path, workers: int, size: int, secret: Path) -> Non
     """Child process: one ingestion, prints ``RESULT {json}``."""
     from mlvicx_monai.data.ingest import IngestConfig, ingest
 
-    cfg = IngestConfig(dataset="pacs", src=src, out=out, size=size, workers=workers, secret_file=secret, progress=False)
+    cfg = IngestConfig(dataset="pacs", src=src, out=out, size=size, workers=workers, secret_file=secret, new_secret=True,
+                       progress=False)
     start = time.perf_counter()
     summary = ingest(cfg)
     seconds = time.perf_counter() - start
