@@ -153,10 +153,11 @@ def _with_text(pixels: np.ndarray, text: str, height: int) -> np.ndarray:
     return np.round(pixels * (1 - alpha) + 4095 * alpha).astype(np.uint16)
 
 
-def _deflate_bomb(path: Path, n: int, rows: int, cols: int) -> None:
-    """A deflated file of ~130 KB whose data set inflates to rows x cols x 16 bit (streamed: cheap to write)."""
+def _deflate_bomb(path: Path, n: int, rows: int, cols: int, header_shape: tuple[int, int] | None = None) -> None:
+    """A deflated file of ~130 KB whose data set inflates to rows x cols x 16 bit (streamed: cheap to write); its
+    header says ``header_shape`` (default: the true shape)."""
     ds = _dataset(n, "ZQXBOMB^ZQXDEFLATE", None)
-    ds.Rows, ds.Columns = rows, cols
+    ds.Rows, ds.Columns = header_shape or (rows, cols)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = True, False
