@@ -81,9 +81,11 @@ ERROR_CODES: Mapping[str, str] = MappingProxyType(
 )
 
 #: Default memory limit per file: the stored pixel data its header declares (Rows x Columns x SamplesPerPixel x
-#: NumberOfFrames x BitsAllocated / 8), checked before any pixel data is read, inflated or decoded. 64 MiB holds any
-#: real projection radiograph (a 43 x 43 cm detector at 100 um is 4300 x 4300 x 16 bit = 35 MiB).
-DEFAULT_MAX_PIXEL_BYTES: int = 64 * 2**20
+#: NumberOfFrames x BitsAllocated / 8), checked before any pixel data is read, inflated or decoded. 48 MiB (4900 x 4900
+#: x 16 bit) holds any real chest radiograph (a 43 x 43 cm detector at 100 um is 4300 x 4300 x 16 bit = 35 MiB) and
+#: keeps a worker under 1 GiB with the float64 grayscale pipeline, which peaks at ~15x the stored bytes
+#: (``python -m pipelines.benchmarks.ingest_memory``).
+DEFAULT_MAX_PIXEL_BYTES: int = 48 * 2**20
 
 #: How the display range was chosen (:attr:`CXRMeta.voi`).
 VOI_METHODS: tuple[str, ...] = ("window", "window:LINEAR_EXACT", "window:SIGMOID", "lut", "minmax", "png8")
@@ -351,11 +353,27 @@ def _read_deflated_header(p: str, meta: Dataset, inflate_limit: int) -> tuple[Da
     return header, total
 
 
+def _never_decoded(header: Dataset) -> bool:
+    """A colour or multi-frame header: :func:`decode_cxr` rejects it before decoding, whatever its size."""
+    def number(keyword: str) -> int:
+        try:
+            return int(_first_value(header.get(keyword, 1) or 1))
+        except (TypeError, ValueError):
+            return 1
+
+    photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
+    return number("SamplesPerPixel") > 1 or number("NumberOfFrames") > 1 or photometric not in (
+        "", "MONOCHROME1", "MONOCHROME2")
+
+
 def _check_declared_size(p: str, force: bool, max_pixel_bytes: int) -> None:
     inflate_limit = max_pixel_bytes + _HEADER_PROBE_BYTES
     header, inflated = _read_header(p, force, inflate_limit)
     declared = _declared_pixel_bytes(header) if header is not None else None
-    if declared is not None and declared[0] > max_pixel_bytes:
+    # reading a file costs at most its size (bounded above) unless it is deflated; decoding happens only for
+    # single-frame grayscale headers: a large colour/multi-frame file gets its own, more useful, code
+    harmless = inflated is None and header is not None and _never_decoded(header)
+    if declared is not None and declared[0] > max_pixel_bytes and not harmless:
         raise CXRDecodeError(
             p, "too_large",
             f"the header declares {declared[0] / 2**20:.0f} MiB of pixel data ({declared[1]}), over the limit of "

@@ -126,11 +126,14 @@ class PHIGuard:
         self._installed = []
 
     @contextmanager
-    def installed(self) -> Iterator["PHIGuard"]:
-        """:meth:`install` for the duration of a job; an exception leaving it has its message scrubbed."""
+    def installed(self, trusted: tuple[type[BaseException], ...] = ()) -> Iterator["PHIGuard"]:
+        """:meth:`install` for the duration of a job; an exception leaving it has its message scrubbed, except the
+        job's own ``trusted`` errors (argument and state errors whose messages quote settings, never file content)."""
         self.install()
         try:
             yield self
+        except trusted:
+            raise
         except Exception as err:
             err.args = tuple(self.scrub(a) if isinstance(a, str) else a for a in err.args)
             raise

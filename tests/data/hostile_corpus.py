@@ -153,9 +153,11 @@ def _with_text(pixels: np.ndarray, text: str, height: int) -> np.ndarray:
     return np.round(pixels * (1 - alpha) + 4095 * alpha).astype(np.uint16)
 
 
-def _deflate_bomb(path: Path, n: int, rows: int, cols: int, header_shape: tuple[int, int] | None = None) -> None:
-    """A deflated file of ~130 KB whose data set inflates to rows x cols x 16 bit (streamed: cheap to write); its
-    header says ``header_shape`` (default: the true shape)."""
+def _deflate_bomb(path: Path, n: int, rows: int, cols: int, header_shape: tuple[int, int] | None = None,
+                  ramp: bool = False) -> None:
+    """A deflated file whose data set inflates to rows x cols x 16 bit, streamed (cheap to write): zeros (8000 x 8000
+    in ~125 KB), or with ``ramp`` a horizontal ramp (an image that decodes to something, ~6x larger); its header
+    says ``header_shape`` (default: the true shape)."""
     ds = _dataset(n, "ZQXBOMB^ZQXDEFLATE", None)
     ds.Rows, ds.Columns = header_shape or (rows, cols)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -165,10 +167,11 @@ def _deflate_bomb(path: Path, n: int, rows: int, cols: int, header_shape: tuple[
     size = rows * cols * 2
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     out = bytearray(deflater.compress(body.getvalue() + b"\xe0\x7f\x10\x00OW\x00\x00" + size.to_bytes(4, "little")))
-    chunk = bytes(1 << 20)
-    for _ in range(size // len(chunk)):
-        out += deflater.compress(chunk)
-    out += deflater.compress(bytes(size % len(chunk))) + deflater.flush()
+    row = (np.arange(cols) % 4096).astype("<u2").tobytes() if ramp else bytes(2 * cols)
+    rows_per_chunk = max(1, (1 << 20) // len(row))
+    for start in range(0, rows, rows_per_chunk):
+        out += deflater.compress(row * min(rows_per_chunk, rows - start))
+    out += deflater.flush()
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CR, ds.SOPInstanceUID
