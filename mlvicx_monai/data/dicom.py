@@ -377,15 +377,16 @@ def _check_declared_size(p: str, force: bool, max_pixel_bytes: int) -> None:
         raise CXRDecodeError(
             p, "too_large",
             f"the header declares {declared[0] / 2**20:.0f} MiB of pixel data ({declared[1]}), over the limit of "
-            f"{max_pixel_bytes / 2**20:.0f} MiB per file; nothing was decoded. Raise --max-pixel-mb if such images "
-            "are real radiographs",
+            f"{max_pixel_bytes / 2**20:.0f} MiB per file; nothing was decoded. Raise the limit (--max-pixel-mb, "
+            "infer.json --max_pixel_mb) if such images are real radiographs",
         )
     if inflated is not None and inflated > inflate_limit:
         raise CXRDecodeError(
             p, "too_large",
             f"the deflated data set inflates to more than {inflate_limit / 2**20:.0f} MiB (pixel data limit "
             f"{max_pixel_bytes / 2**20:.0f} MiB per file + header), whatever its Rows/Columns say (a deflate bomb?); "
-            "nothing was decoded. Raise --max-pixel-mb if such images are real radiographs",
+            "nothing was decoded. Raise the limit (--max-pixel-mb, infer.json --max_pixel_mb) if such images are "
+            "real radiographs",
         )
 
 
@@ -436,7 +437,7 @@ def read_dicom(path: str | os.PathLike, max_pixel_bytes: int | None = DEFAULT_MA
             raise CXRDecodeError(
                 p, "too_large",
                 f"the file is {size / 2**20:.0f} MiB, over 4 x the limit of {max_pixel_bytes / 2**20:.0f} MiB of pixel "
-                "data per file; raise --max-pixel-mb if such files are real radiographs",
+                "data per file; raise the limit (--max-pixel-mb, infer.json --max_pixel_mb) if such files are real",
             )
         _check_declared_size(p, force, max_pixel_bytes)
 

@@ -162,9 +162,10 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(secret: bytes, src: str, out: str, size: int, dataset: str, policy: SourcePolicy,
-                 in_process: bool = False) -> None:
-    guard = PHIGuard([src])
-    if not in_process:  # the parent installed its own
+                 guard: PHIGuard | None = None) -> None:
+    """Worker start-up; ``guard``: in-process mode, the job's installed guard (a worker process installs its own)."""
+    if guard is None:
+        guard = PHIGuard([src])
         guard.install()
     _WORKER.update(
         pseudo=Pseudonymizer(secret), src=Path(src), out=Path(out), size=size, dataset=dataset, policy=policy,
@@ -349,11 +350,11 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
             cfg.dataset, len(tasks), len(problems), len(tasks) - len(todo), len(todo),
             f"{cfg.workers} worker process(es)" if cfg.workers else "this process",
         )
-        _run(cfg, pseudo, todo, total=len(tasks))
+        _run(cfg, pseudo, todo, total=len(tasks), guard=guard)
         return _assemble(cfg, pseudo, tasks, problems, adapter, labels, unlabelled, missing_images)
 
 
-def _run(cfg: IngestConfig, pseudo: Pseudonymizer, todo: list, total: int) -> None:
+def _run(cfg: IngestConfig, pseudo: Pseudonymizer, todo: list, total: int, guard: PHIGuard) -> None:
     from tqdm.auto import tqdm
 
     policy = cfg.source_policy()
@@ -386,7 +387,7 @@ def _run(cfg: IngestConfig, pseudo: Pseudonymizer, todo: list, total: int) -> No
 
     with bar:
         if cfg.workers == 0:
-            _init_worker(*init_args, in_process=True)
+            _init_worker(*init_args, guard=guard)
             for task in todo:
                 on_result(task, _process(task))
             return

@@ -78,38 +78,30 @@ def _pixels(seed: int, rows: int = 96, cols: int = 80) -> np.ndarray:
     return np.round(200 + body * 3500 + rng.normal(0, 8, body.shape)).clip(0, 4095).astype(np.uint16)
 
 
+#: The canary of each PHI attribute ({n}: the file's number); with the name and the UIDs, every keyword of
+#: mlvicx_monai.data.deid.PHI_KEYWORDS (checked by the tests).
+CANARY_VALUES = {
+    "PatientID": "ZQXPID{n:05d}", "OtherPatientIDs": "ZQXOPID{n}", "OtherPatientNames": "ZQXOTHER^ZQXNAME",
+    "PatientBirthDate": "19610304", "PatientBirthTime": "142233", "PatientAddress": "ZQX 9 CANARY STREET",
+    "PatientTelephoneNumbers": "ZQX555123456", "PatientMotherBirthName": "ZQXMOTHER^ZQXMAIDEN",
+    "MilitaryRank": "ZQXMAJOR", "MedicalRecordLocator": "ZQXMRL77", "AccessionNumber": "ZQXACC{n}",
+    "StudyID": "ZQXST{n}", "InstitutionName": "ZQX CANARY HOSPITAL", "InstitutionAddress": "ZQX 1 HOSPITAL ROAD",
+    "InstitutionalDepartmentName": "ZQXRADIOLOGY", "ReferringPhysicianName": "ZQXREFDOC^ZQXANNA",
+    "PerformingPhysicianName": "ZQXPERFDOC^ZQXBOB", "OperatorsName": "ZQXOPERATOR^ZQXCARL",
+    "NameOfPhysiciansReadingStudy": "ZQXREADER^ZQXDORA", "RequestingPhysician": "ZQXREQ^ZQXEVE",
+    "StationName": "ZQXSTATION", "DeviceSerialNumber": "ZQXSN4242", "StudyDate": "20190417",
+    "SeriesDate": "20190417", "AcquisitionDate": "20190417", "ContentDate": "20190417", "StudyTime": "101112",
+    "StudyInstanceUID": UID_ROOT + ".1.{n}", "SeriesInstanceUID": UID_ROOT + ".2.{n}",
+    "FrameOfReferenceUID": UID_ROOT + ".4.{n}",
+}
+
+
 def _phi(ds: Dataset, n: int, name: str, charset: str = "ISO_IR 192") -> None:
     """Every PHI attribute of the basic profile, filled with canaries."""
     ds.SpecificCharacterSet = charset
     ds.PatientName = name
-    ds.PatientID = f"ZQXPID{n:05d}"
-    ds.OtherPatientIDs = f"ZQXOPID{n}"
-    ds.OtherPatientNames = "ZQXOTHER^ZQXNAME"
-    ds.PatientBirthDate = "19610304"
-    ds.PatientBirthTime = "142233"
-    ds.PatientAddress = "ZQX 9 CANARY STREET"
-    ds.PatientTelephoneNumbers = "ZQX555123456"
-    ds.PatientMotherBirthName = "ZQXMOTHER^ZQXMAIDEN"
-    ds.MilitaryRank = "ZQXMAJOR"
-    ds.MedicalRecordLocator = "ZQXMRL77"
-    ds.AccessionNumber = f"ZQXACC{n}"
-    ds.StudyID = f"ZQXST{n}"
-    ds.InstitutionName = "ZQX CANARY HOSPITAL"
-    ds.InstitutionAddress = "ZQX 1 HOSPITAL ROAD"
-    ds.InstitutionalDepartmentName = "ZQXRADIOLOGY"
-    ds.ReferringPhysicianName = "ZQXREFDOC^ZQXANNA"
-    ds.PerformingPhysicianName = "ZQXPERFDOC^ZQXBOB"
-    ds.OperatorsName = "ZQXOPERATOR^ZQXCARL"
-    ds.NameOfPhysiciansReadingStudy = "ZQXREADER^ZQXDORA"
-    ds.RequestingPhysician = "ZQXREQ^ZQXEVE"
-    ds.StationName = "ZQXSTATION"
-    ds.DeviceSerialNumber = "ZQXSN4242"
-    for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
-        setattr(ds, keyword, "20190417")
-    ds.StudyTime = "101112"
-    ds.StudyInstanceUID = f"{UID_ROOT}.1.{n}"
-    ds.SeriesInstanceUID = f"{UID_ROOT}.2.{n}"
-    ds.FrameOfReferenceUID = f"{UID_ROOT}.4.{n}"
+    for keyword, value in CANARY_VALUES.items():
+        setattr(ds, keyword, value.format(n=n))
 
 
 def _dataset(n: int, name: str, pixels: np.ndarray | None, *, uid: str | None = None, charset: str = "ISO_IR 192",

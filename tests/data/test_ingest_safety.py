@@ -182,6 +182,13 @@ def test_cli_refuses_a_missing_secret_and_a_path_map_inside_out(tmp_path, secret
     assert "inside the output folder" in capsys.readouterr().err
 
 
+def test_the_hostile_corpus_plants_a_canary_in_every_phi_attribute():
+    from mlvicx_monai.data.deid import PHI_KEYWORDS
+    from tests.data.hostile_corpus import CANARY_VALUES
+
+    assert set(PHI_KEYWORDS) == {*CANARY_VALUES, "PatientName", "SOPInstanceUID"}
+
+
 def test_rejection_codes_are_one_closed_set():
     with pytest.raises(ValueError, match="unknown rejection code"):
         FileRejected("not_an_image", "x")
