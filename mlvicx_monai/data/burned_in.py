@@ -13,7 +13,9 @@ anatomy is not. On the display image (after VOI and MONOCHROME1 inversion), down
 
 Single lead markers ("L", "R") and two-letter view labels ("PA") are ignored by ``min_glyphs = 4``; a name, a date or
 an id has more. What it finds is reported as boxes and counts only: the text itself is never read (it is PHI).
-Measured rates (``python -m pipelines.benchmarks.burned_in_text``) are quoted in the README.
+Measured (``python -m pipelines.benchmarks.burned_in_text``, 2026-12-03): 87.8 % of 400 rendered labels detected
+(98 % at high contrast, 64 % for text 1 % of the image high), 0 false positives on 64 clean radiographs (4 real).
+Not an OCR (Tesseract would need a system package and reads the PHI it finds): it reports where, not what.
 """
 
 from __future__ import annotations
