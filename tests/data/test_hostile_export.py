@@ -38,8 +38,9 @@ def _unprivileged_works(folder: Path) -> bool:
         return True
     if shutil.which("setpriv") is None:
         return False
-    probe = [*DROP_CAPS, sys.executable, "-c", f"import os, sys; os.listdir({str(folder)!r})"]
-    return subprocess.run(probe, capture_output=True).returncode != 0  # PermissionError: the folder is unreadable
+    probe = [*DROP_CAPS, sys.executable, "-c", f"import os; os.listdir({str(folder)!r})"]
+    done = subprocess.run(probe, capture_output=True, text=True)
+    return done.returncode != 0 and "PermissionError" in done.stderr  # setpriv works and the folder is unreadable
 
 
 @pytest.fixture(scope="module")
