@@ -40,7 +40,8 @@ INGEST_HINTS: dict[str, str] = {
     "allow_missing_view": "pass --allow-missing-view to keep such images",
     "allow_for_processing": "or pass --allow-for-processing",
     "allow_burned_in": "pass --allow-burned-in only if the export's pixel text is known to carry no PHI",
-    "detect_burned_in_text": "pass --no-text-detection to turn the detector off",
+    "detect_burned_in_text": "a false alarm? --no-text-detection turns the detector off, --allow-burned-in keeps "
+                             "every image with pixel text",
 }
 
 
@@ -188,6 +189,6 @@ def _checked(image, meta, fmt, instance, patient, study, policy: SourcePolicy) -
                 "burned_in_text",
                 f"{found.lines} line(s) of text ({'/'.join(map(str, found.glyphs[:3]))} glyphs) found in the pixels "
                 f"({where}): burned-in patient data is likely",
-                "allow_burned_in",
+                "detect_burned_in_text",
             )
     return SourceImage(image, meta, fmt, instance, patient, study, _pixel_sha256(image))

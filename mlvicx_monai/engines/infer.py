@@ -85,7 +85,8 @@ INFER_HINTS: dict[str, str] = {
     **{k: _FILTER_HINT for k in ("modalities", "body_parts", "views", "allow_missing_body_part", "allow_missing_view",
                                  "allow_for_processing")},
     "allow_burned_in": "pass --allow_burned_in true only if the pixel text is known to carry no PHI",
-    "detect_burned_in_text": "a false alarm? --detect_burned_in_text false turns the detector off",
+    "detect_burned_in_text": "a false alarm? --detect_burned_in_text false turns the detector off, "
+                             "--allow_burned_in true keeps every image with pixel text",
 }
 
 class InputError(ValueError):
