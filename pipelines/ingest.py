@@ -1,8 +1,11 @@
 """Ingest a public dataset download or a hospital PACS export into a de-identified image cache.
 
     python -m pipelines.ingest --dataset {nih,vindr,rsna,siim,pacs} --src DIR --out DIR [--size N] [--workers N]
+        [--secret-file FILE [--new-secret]] [--max-pixel-mb MB] [--allow-burned-in] [--no-text-detection]
+        [--phi-path-map LOCAL.csv]
 
-Writes OUT/images/, OUT/manifest.json (MONAI datalist), OUT/quarantine.csv and OUT/ingest_summary.json.
+Writes OUT/images/, OUT/manifest.json (MONAI datalist), OUT/quarantine.csv (file pseudonym, code, reason) and
+OUT/ingest_summary.json. Nothing it prints or logs holds a header value, a UID or a source path.
 Rerunning the same command after an interruption resumes where it stopped. See
 :mod:`mlvicx_monai.data.ingest` for the guarantees.
 """
@@ -17,6 +20,7 @@ import sys
 from pathlib import Path
 
 from mlvicx_monai.data.deid import DeidSecretError
+from mlvicx_monai.data.dicom import DEFAULT_MAX_PIXEL_BYTES
 from mlvicx_monai.data.ingest import DATASETS, IngestConfig, IngestError, ingest
 from mlvicx_monai.data.pacs import PacsFilter
 
@@ -31,11 +35,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--src", required=True, type=Path, help="dataset download or PACS export folder (read only)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created; not inside --src)")
     parser.add_argument("--size", type=int, default=256, help="side of the cached square images (default 256)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="worker processes (default: all cores); a worker that dies costs one file. 0: in this process",
+    )
     parser.add_argument(
         "--secret-file", type=Path, default=None,
-        help="pseudonymisation secret (default $MLVICX_DEID_SECRET_FILE or ~/.config/mlvicx-monai/deid.secret, "
-        "generated on first use; keep it outside the outputs and the same across runs)",
+        help="pseudonymisation secret; a named file must exist unless --new-secret (default: $MLVICX_DEID_SECRET_FILE, "
+        "else ~/.config/mlvicx-monai/deid.secret, generated there on first use); keep it outside the outputs and the "
+        "same across runs",
+    )
+    parser.add_argument(
+        "--new-secret", action="store_true",
+        help="create --secret-file if it does not exist (a new secret gives every patient new pseudonyms)",
+    )
+    parser.add_argument(
+        "--max-pixel-mb", type=float, default=DEFAULT_MAX_PIXEL_BYTES / 2**20,
+        help="memory bound per file: reject (too_large) a file whose header declares more stored pixel data, "
+        "Rows x Columns x frames x bytes, before reading or decoding it (default %(default)g)",
+    )
+    parser.add_argument(
+        "--phi-path-map", type=Path, default=None, metavar="LOCAL.csv",
+        help="also write a local-only CSV mapping each file pseudonym of quarantine.csv to its source path; it "
+        "holds PHI (patient-named folders) and is refused inside --out or --src",
     )
     parser.add_argument(
         "--split-source", default="auto",
@@ -57,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     pacs.add_argument("--allow-missing-body-part", action="store_true")
     pacs.add_argument("--allow-missing-view", action="store_true")
     pacs.add_argument("--allow-for-processing", action="store_true")
+    pacs.add_argument(
+        "--allow-burned-in", action="store_true",
+        help="keep images whose header says BurnedInAnnotation = YES or whose pixels show text (default: quarantined)",
+    )
+    pacs.add_argument(
+        "--no-text-detection", action="store_true",
+        help="do not look for burned-in text in the pixels (the BurnedInAnnotation header check stays)",
+    )
     return parser
 
 
@@ -87,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             allow_for_processing=args.allow_for_processing,
         ),
         label_options=label_options,
+        new_secret=args.new_secret,
+        allow_burned_in=args.allow_burned_in,
+        detect_burned_in_text=not args.no_text_detection,
+        max_pixel_bytes=int(args.max_pixel_mb * 2**20) if args.max_pixel_mb > 0 else None,
+        phi_path_map=args.phi_path_map,
         progress=not args.no_progress,
     )
     try:

@@ -127,6 +127,7 @@ def prepare_data(
                 split_source="computed",
                 seed=seed,
                 secret_file=root / ".demo-deid.secret",  # synthetic data: a local secret is fine
+                new_secret=True,
             )
         )
         atomic_write_json(marker, params)

@@ -53,6 +53,7 @@ from pydicom.uid import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_PIXEL_BYTES",
     "ERROR_CODES",
     "VOI_METHODS",
     "CXRDecodeError",
@@ -79,8 +80,16 @@ ERROR_CODES: Mapping[str, str] = MappingProxyType(
         "decode_failed": "the header or the compressed pixel data could not be decoded",
         "bad_geometry": "Rows/Columns/BitsAllocated/BitsStored/HighBit invalid or inconsistent with the pixel data",
         "empty_image": "no contrast at all: every pixel has the same value",
+        "too_large": "the header declares more pixel data than the memory limit per file (max_pixel_bytes)",
     }
 )
+
+#: Default memory limit per file: the stored pixel data its header declares (Rows x Columns x SamplesPerPixel x
+#: NumberOfFrames x BitsAllocated / 8), checked before any pixel data is read, inflated or decoded. 48 MiB (4900 x 4900
+#: x 16 bit) holds any real chest radiograph (a 43 x 43 cm detector at 100 um is 4300 x 4300 x 16 bit = 35 MiB) and
+#: keeps a worker under 1 GiB with the float64 grayscale pipeline, which peaks at ~15x the stored bytes
+#: (``python -m pipelines.benchmarks.ingest_memory``).
+DEFAULT_MAX_PIXEL_BYTES: int = 48 * 2**20
 
 #: How the display range was chosen (:attr:`CXRMeta.voi`).
 VOI_METHODS: tuple[str, ...] = ("window", "window:LINEAR_EXACT", "window:SIGMOID", "lut", "minmax", "png8")
@@ -262,16 +271,149 @@ def _check_complete(ds: Dataset, size: int, path: str) -> None:
         )
 
 
-def read_dicom(path: str | os.PathLike) -> Dataset:
-    """Read a whole DICOM file (header and pixel data) with pydicom.
+_HEADER_PROBE_BYTES = 16 * 2**20  # a deflated data set is inflated up to this much to read its header
+
+
+def _declared_pixel_bytes(ds: Dataset) -> tuple[int, str] | None:
+    """(bytes of stored pixel data the header declares, how) or None when Rows/Columns are absent or not numbers."""
+    def number(keyword: str, default: int | None) -> int | None:
+        value = ds.get(keyword, None)
+        if value in (None, ""):
+            return default
+        try:
+            return int(_first_value(value))
+        except (TypeError, ValueError):
+            return None
+
+    rows, columns = number("Rows", None), number("Columns", None)
+    if rows is None or columns is None:
+        return None
+    frames = max(number("NumberOfFrames", 1) or 1, 1)
+    samples = max(number("SamplesPerPixel", 1) or 1, 1)
+    bits = max(number("BitsAllocated", 16) or 16, 1)
+    total = abs(rows) * abs(columns) * frames * samples * bits // 8
+    how = f"Rows x Columns = {rows} x {columns}"
+    if frames > 1:
+        how += f" x {frames} frames"
+    if samples > 1:
+        how += f" x {samples} samples"
+    return total, f"{how} at {bits} bits allocated"
+
+
+def _read_header(p: str, force: bool, inflate_limit: int) -> tuple[Dataset | None, int | None]:
+    """(the data set up to, not including, Pixel Data, without reading large values; None if it cannot be parsed
+    this way: the full read then reports what is wrong) and, for a deflated data set, its inflated size (counted up
+    to just over ``inflate_limit``; None for other transfer syntaxes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the full read reports them
+        try:
+            meta = pydicom.filereader.read_file_meta_info(p) if not force else None
+        except Exception:
+            meta = None
+        try:
+            if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+                return _read_deflated_header(p, meta, inflate_limit)
+            return pydicom.dcmread(p, force=force, stop_before_pixels=True, defer_size=1 << 16), None
+        except Exception:
+            return None, None
+
+
+def _read_deflated_header(p: str, meta: Dataset, inflate_limit: int) -> tuple[Dataset | None, int | None]:
+    """Header of a deflated data set from its first :data:`_HEADER_PROBE_BYTES` inflated bytes, and the size of the
+    whole inflated data set, counted in 1 MiB steps and given up above ``inflate_limit``. pydicom inflates the whole
+    data set in memory, so a 64 KB file can hold gigabytes (a deflate bomb): this bounds it first."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    group_length = int(meta.get("FileMetaInformationGroupLength", 0) or 0)
+    if not group_length:
+        return None, 0
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head, total = bytearray(), 0
+    with open(p, "rb") as handle:
+        handle.seek(_PREAMBLE + 4 + 12 + group_length)
+        pending = b""
+        while total <= inflate_limit:
+            if not pending:
+                pending = handle.read(1 << 16)
+                if not pending:
+                    break
+            out = inflater.decompress(pending, 1 << 20)
+            pending = inflater.unconsumed_tail
+            total += len(out)
+            if len(head) < _HEADER_PROBE_BYTES:
+                head += out[: _HEADER_PROBE_BYTES - len(head)]
+            if inflater.eof:
+                break
+    try:
+        header = read_dataset(
+            DicomBytesIO(bytes(head)), False, True, stop_when=lambda tag, vr, length: tag >= 0x7FE00010,
+            defer_size=1 << 16,
+        )
+    except Exception:
+        header = None
+    return header, total
+
+
+def _never_decoded(header: Dataset) -> bool:
+    """A colour or multi-frame header: :func:`decode_cxr` rejects it before decoding, whatever its size."""
+    def number(keyword: str) -> int:
+        try:
+            return int(_first_value(header.get(keyword, 1) or 1))
+        except (TypeError, ValueError):
+            return 1
+
+    photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
+    return number("SamplesPerPixel") > 1 or number("NumberOfFrames") > 1 or photometric not in (
+        "", "MONOCHROME1", "MONOCHROME2")
+
+
+def _check_declared_size(p: str, force: bool, max_pixel_bytes: int) -> None:
+    inflate_limit = max_pixel_bytes + _HEADER_PROBE_BYTES
+    header, inflated = _read_header(p, force, inflate_limit)
+    declared = _declared_pixel_bytes(header) if header is not None else None
+    # reading a file costs at most its size (bounded above) unless it is deflated; decoding happens only for
+    # single-frame grayscale headers: a large colour/multi-frame file gets its own, more useful, code
+    harmless = inflated is None and header is not None and _never_decoded(header)
+    if declared is not None and declared[0] > max_pixel_bytes and not harmless:
+        raise CXRDecodeError(
+            p, "too_large",
+            f"the header declares {declared[0] / 2**20:.0f} MiB of pixel data ({declared[1]}), over the limit of "
+            f"{max_pixel_bytes / 2**20:.0f} MiB per file; nothing was decoded. Raise the limit (--max-pixel-mb, "
+            "infer.json --max_pixel_mb) if such images are real radiographs",
+        )
+    if inflated is not None and inflated > inflate_limit:
+        raise CXRDecodeError(
+            p, "too_large",
+            f"the deflated data set inflates to more than {inflate_limit / 2**20:.0f} MiB (pixel data limit "
+            f"{max_pixel_bytes / 2**20:.0f} MiB per file + header), whatever its Rows/Columns say (a deflate bomb?); "
+            "nothing was decoded. Raise the limit (--max-pixel-mb, infer.json --max_pixel_mb) if such images are "
+            "real radiographs",
+        )
+
+
+def read_dicom(path: str | os.PathLike, max_pixel_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES) -> Dataset:
+    """Read a whole DICOM file (header and pixel data) with pydicom, after checking its declared size.
 
     Part 10 files are read strictly; a bare data set without preamble/File Meta is read when it starts with a
     plausible DICOM element. A missing TransferSyntaxUID is not an error: pydicom infers implicit/explicit
     little/big endian and :func:`decode_cxr` uses that encoding.
 
+    Memory is bounded before anything large is read: the header alone is parsed first (``stop_before_pixels``,
+    large values deferred; a deflated data set is inflated only up to :data:`_HEADER_PROBE_BYTES`), and a file whose
+    header declares more than ``max_pixel_bytes`` of pixel data, or that is larger than 4 x ``max_pixel_bytes`` on
+    disk, is rejected (``too_large``) without reading, inflating or decoding its pixels.
+
+    Args:
+        path: the file.
+        max_pixel_bytes: limit of Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated / 8 (None: none).
+
     Raises:
         TypeError: ``path`` is not a path.
-        CXRDecodeError: ``io_error``, ``not_dicom``, ``truncated`` or ``decode_failed`` (unparseable header).
+        CXRDecodeError: ``io_error``, ``not_dicom``, ``truncated``, ``too_large`` or ``decode_failed``
+            (unparseable header).
     """
     p = _as_path(path)
     try:
@@ -294,6 +436,14 @@ def read_dicom(path: str | os.PathLike) -> Dataset:
         force = True
     else:
         raise CXRDecodeError(p, "not_dicom", _describe_foreign(head))
+    if max_pixel_bytes is not None:
+        if size > 4 * max_pixel_bytes:
+            raise CXRDecodeError(
+                p, "too_large",
+                f"the file is {size / 2**20:.0f} MiB, over 4 x the limit of {max_pixel_bytes / 2**20:.0f} MiB of pixel "
+                "data per file; raise the limit (--max-pixel-mb, infer.json --max_pixel_mb) if such files are real",
+            )
+        _check_declared_size(p, force, max_pixel_bytes)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

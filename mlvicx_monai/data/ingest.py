@@ -5,37 +5,34 @@ Output folder ``OUT``::
     OUT/images/<shard>/<id>.png     8-bit, size x size, bone bright
     OUT/masks/<shard>/<id>.png      SIIM only: 0/255 pneumothorax mask (union of all the image's masks)
     OUT/manifest.json               the datalist the bundles read (see mlvicx_monai.data.datalist)
-    OUT/quarantine.csv              one row per rejected file: path (relative to SRC, PHI redacted), code, reason
+    OUT/quarantine.csv              one row per rejected file: file pseudonym, code, reason (never the path)
     OUT/ingest_summary.json         counts by outcome and reason
     OUT/.ingest/                    resumable state: config + one record per source file
 
-Every source file is processed once, by a pool of worker processes. A worker writes the cached image
-atomically, then the file's record atomically; the record is the commit mark. A rerun (after a crash or
-SIGKILL) skips files that have a record, so nothing complete is redone and nothing is written twice. The
-manifest is assembled from the records at the end, deterministically (sorted, no timestamps), so an
-interrupted-then-resumed run and an uninterrupted one give the same ``manifest.json``.
+Every source file is processed once, by supervised worker processes (:func:`~mlvicx_monai.data.workers.run_supervised`:
+a worker that dies, e.g. killed by the out-of-memory killer, costs its file, recorded as ``worker_died``, and the
+run goes on). A worker writes the cached image atomically, then the file's record atomically; the record is the
+commit mark. A rerun (after a crash or SIGKILL) skips files that have a record, so nothing complete is redone and
+nothing is written twice. The manifest is assembled from the records at the end, deterministically (sorted, no
+timestamps), so an interrupted-then-resumed run and an uninterrupted one give the same outputs.
 
-De-identification: no header value that identifies a patient is written. Ids are keyed pseudonyms
-(:class:`mlvicx_monai.data.deid.Pseudonymizer`, secret kept outside OUT). Records are named by a keyed
-digest of the source path, and store only digests of the PHI tokens seen in headers; those digests are
-used to redact PHI from source paths shown in ``quarantine.csv`` (PACS folders are often named after
-patients).
+De-identification: no header value that identifies a patient is written, printed or logged. Ids are keyed
+pseudonyms (:class:`mlvicx_monai.data.deid.Pseudonymizer`, secret kept outside OUT). Source files are known by
+:func:`~mlvicx_monai.data.deid.file_pseudonym` (a keyed hash of the raw bytes of the relative path) in records,
+``quarantine.csv`` and logs; the paths themselves go only to the operator's opt-in local map (``phi_path_map``).
+Everything printed or logged goes through one :class:`~mlvicx_monai.data.phi_guard.PHIGuard`, in every process.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,14 +41,18 @@ import numpy as np
 from PIL import Image
 
 from mlvicx_monai.data import datalist as datalist_io
-from mlvicx_monai.data.deid import Pseudonymizer, phi_tokens, phi_values, redact
-from mlvicx_monai.data.dicom import CXRDecodeError, decode_cxr, read_dicom
-from mlvicx_monai.data.pacs import FileRejected, PacsFilter, check_header, identifiers, is_dicomdir_name
+from mlvicx_monai.data.deid import DeidSecretError, Pseudonymizer, file_pseudonym
+from mlvicx_monai.data.dicom import DEFAULT_MAX_PIXEL_BYTES, CXRDecodeError
 from mlvicx_monai.data.images import load_image
+from mlvicx_monai.data.pacs import PacsFilter
+from mlvicx_monai.data.phi_guard import PHIGuard
+from mlvicx_monai.data.rejections import FileRejected, check_path_map, write_path_map, write_rejections
 from mlvicx_monai.data.resample import lanczos_resize
 from mlvicx_monai.data.rle import RLEError, rle_merge
+from mlvicx_monai.data.sources import SourcePolicy, read_source
+from mlvicx_monai.data.walk import walk_tree
+from mlvicx_monai.data.workers import run_supervised
 from mlvicx_monai.utils.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
-from mlvicx_monai.utils.hashing import sha256_file
 
 __all__ = ["DATASETS", "IngestConfig", "IngestError", "cache_image", "ingest"]
 
@@ -59,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 DATASETS = ("nih", "vindr", "rsna", "siim", "pacs")
 _STATE = ".ingest"
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: file keys of raw path bytes, pixel hashes, burned-in and size checks
 
 
 class IngestError(RuntimeError):
@@ -75,14 +76,20 @@ class IngestConfig:
         src: the download / export folder (read only).
         out: the output folder (created); must not be inside ``src``.
         size: side of the cached square images, in pixels.
-        workers: worker processes (0 or 1: in this process).
+        workers: supervised worker processes (0: in this process, where a file that kills the process stops
+            the run).
         secret_file: pseudonymisation secret (default: see :func:`~mlvicx_monai.data.deid.default_secret_path`).
+        new_secret: create ``secret_file`` if it does not exist (otherwise a missing secret is an error).
         split_source: ``auto`` (the dataset's versioned manifest when it covers every image, else the
             dataset's official split files, else a seeded split), ``computed``, or the path of a
             versioned manifest folder.
         seed: seed of computed splits and label fractions.
         pacs_filter: which objects of a PACS export are chest radiographs to keep.
         label_options: passed to the dataset adapter's ``read_labels`` (e.g. VinDr ``aggregation``).
+        allow_burned_in: PACS: keep images with ``BurnedInAnnotation = YES`` or text detected in their pixels.
+        detect_burned_in_text: PACS: run the burned-in text detector on the pixels.
+        max_pixel_bytes: memory bound per file: stored pixel data its header declares (None: no bound).
+        phi_path_map: opt-in, local-only CSV (outside OUT and SRC) mapping each file pseudonym to its source path.
         progress: show a progress bar on stderr.
     """
 
@@ -96,6 +103,11 @@ class IngestConfig:
     seed: int = 0
     pacs_filter: PacsFilter = field(default_factory=PacsFilter)
     label_options: dict[str, Any] = field(default_factory=dict)
+    new_secret: bool = False
+    allow_burned_in: bool = False
+    detect_burned_in_text: bool = True
+    max_pixel_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES
+    phi_path_map: Path | None = None
     progress: bool = True
 
     def validate(self) -> None:
@@ -114,6 +126,22 @@ class IngestConfig:
             raise IngestError(f"--size must be between 16 and 4096 pixels, got {self.size}")
         if self.workers < 0:
             raise IngestError(f"--workers must be >= 0, got {self.workers}")
+        if self.max_pixel_bytes is not None and self.max_pixel_bytes < 2**20:
+            raise IngestError(f"--max-pixel-mb must be at least 1, got {self.max_pixel_bytes / 2**20:g}")
+        if self.phi_path_map is not None:
+            try:
+                self.phi_path_map = check_path_map(self.phi_path_map, [self.out], [self.src])
+            except ValueError as err:
+                raise IngestError(str(err)) from None
+
+    def source_policy(self) -> SourcePolicy:
+        """What a PACS file must be to be ingested."""
+        return SourcePolicy(
+            header_filter=self.pacs_filter,
+            allow_burned_in=self.allow_burned_in,
+            detect_burned_in_text=self.detect_burned_in_text,
+            max_pixel_bytes=self.max_pixel_bytes,
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between a run and its resumption (it changes the cached content)."""
@@ -122,6 +150,8 @@ class IngestConfig:
             "dataset": self.dataset,
             "size": self.size,
             "pacs_filter": self.pacs_filter.to_dict() if self.dataset == "pacs" else None,
+            "source_policy": self.source_policy().to_dict() if self.dataset == "pacs" else None,
+            "max_pixel_bytes": self.max_pixel_bytes,
         }
 
 
@@ -132,9 +162,15 @@ class IngestConfig:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(secret: bytes, src: str, out: str, size: int, dataset: str, policy: PacsFilter) -> None:
+def _init_worker(secret: bytes, src: str, out: str, size: int, dataset: str, policy: SourcePolicy,
+                 guard: PHIGuard | None = None) -> None:
+    """Worker start-up; ``guard``: in-process mode, the job's installed guard (a worker process installs its own)."""
+    if guard is None:
+        guard = PHIGuard([src])
+        guard.install()
     _WORKER.update(
-        pseudo=Pseudonymizer(secret), src=Path(src), out=Path(out), size=size, dataset=dataset, policy=policy
+        pseudo=Pseudonymizer(secret), src=Path(src), out=Path(out), size=size, dataset=dataset, policy=policy,
+        guard=guard,
     )
 
 
@@ -192,31 +228,36 @@ def _record_path(out: Path, key: str) -> Path:
 def _process(task: tuple[str, str, str | None, list[str] | None]) -> tuple[str, str]:
     """Process one file; returns (status, code). The record on disk is the real result."""
     key, rel, image_id, rles = task
-    pseudo: Pseudonymizer = _WORKER["pseudo"]
+    guard: PHIGuard = _WORKER["guard"]
     path: Path = _WORKER["src"] / rel
+    with guard.file(path, rel, key):
+        record = _process_file(key, rel, path, image_id, rles, guard)
+        atomic_write_json(_record_path(_WORKER["out"], key), record, indent=None)
+    return record["status"], record.get("code", "")
+
+
+def _process_file(key: str, rel: str, path: Path, image_id: str | None, rles: list[str] | None,
+                  guard: PHIGuard) -> dict[str, Any]:
+    pseudo: Pseudonymizer = _WORKER["pseudo"]
     record: dict[str, Any] = {"key": key}
-    tokens: set[str] = set()
     try:
+        size = _WORKER["size"]
         if _WORKER["dataset"] == "pacs":
-            if is_dicomdir_name(path.name):
-                raise FileRejected("dicomdir", "DICOMDIR index file; the images it lists are read from their own files")
-            ds = read_dicom(path)
-            tokens = phi_tokens(phi_values(ds))
-            if "PixelData" not in ds:  # SR, RT, presentation states, header-only exports: say what they are
-                decode_cxr(ds, path)
-            rejection = check_header(ds, _WORKER["policy"])
-            if rejection is not None:
-                raise FileRejected(rejection.code, rejection.reason)
-            patient, study, instance = identifiers(ds, fallback=f"sha256:{sha256_file(path)}")
-            image_id = pseudo.pseudonym(instance, kind="image", length=20)
-            record.update(patient=pseudo.pseudonym(patient, "patient"), study=pseudo.pseudonym(study, "study"))
-            image, meta = decode_cxr(ds, path)
+            source = read_source(path, _WORKER["policy"], guard)
+            image, meta = source.image, source.meta
+            image_id = pseudo.pseudonym(source.instance, kind="image", length=20)
+            record.update(
+                patient=pseudo.pseudonym(source.patient, "patient"), study=pseudo.pseudonym(source.study, "study"),
+                pixels=source.pixel_sha256,
+            )
+            # named by image and pixels: two re-sends with different pixels never write the same file
+            stem = f"{_file_stem(image_id)}_{source.pixel_sha256[:12]}"
         else:
             image, meta = load_image(path)
+            stem = _file_stem(image_id or "")
         assert image_id is not None
-        size = _WORKER["size"]
         shard = _shard(image_id)
-        image_rel = f"images/{shard}/{_file_stem(image_id)}.png"
+        image_rel = f"images/{shard}/{stem}.png"
         _write_png(image_rel, cache_image(image, size))
         record.update(status="ok", id=image_id, image=image_rel, meta=meta.to_dict())
         if rles is not None:
@@ -231,12 +272,12 @@ def _process(task: tuple[str, str, str | None, list[str] | None]) -> tuple[str, 
             _write_png(mask_rel, mask)
             record.update(mask=mask_rel, mask_pixels=int(full.sum()), mask_pixels_cached=int((mask > 0).sum()))
     except (CXRDecodeError, FileRejected) as err:
-        record.update(status="rejected", code=err.code, reason=err.reason)
-    except Exception as err:  # a bad file must never stop the run: quarantine it with the error
-        record.update(status="rejected", code="internal_error", reason=f"{type(err).__name__}: {err}")
-    record["phi"] = sorted(pseudo.pseudonym(t, kind="token", length=32) for t in tokens)
-    atomic_write_json(_record_path(_WORKER["out"], key), record, indent=None)
-    return record["status"], record.get("code", "")
+        # our reasons are built from technical attributes only (never a PHI field, never the path)
+        record = {"key": key, "status": "rejected", "code": err.code, "reason": err.reason}
+    except Exception as err:  # a bad file must never stop the run: quarantine it with the (scrubbed) error
+        record = {"key": key, "status": "rejected", "code": "internal_error",
+                  "reason": guard.scrub(f"{type(err).__name__}: {err}")[:300]}
+    return record
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -244,25 +285,18 @@ def _process(task: tuple[str, str, str | None, list[str] | None]) -> tuple[str, 
 # ----------------------------------------------------------------------------------------------------
 
 
-def _walk(src: Path) -> list[str]:
-    """Every regular file under ``src`` (relative POSIX paths, sorted); symlinked folders are not followed."""
-    files = []
-    for root, dirs, names in os.walk(src):
-        dirs.sort()
-        for name in names:
-            full = Path(root) / name
-            if full.is_file():
-                files.append(full.relative_to(src).as_posix())
-    return sorted(files)
-
-
-def _check_state(cfg: IngestConfig) -> None:
+def _check_state(cfg: IngestConfig, pseudo: Pseudonymizer) -> None:
     state = cfg.out / _STATE / "config.json"
-    fingerprint = cfg.fingerprint()
+    fingerprint = {**cfg.fingerprint(), "secret_check": pseudo.check_value()}
     if state.exists():
         previous = json.loads(state.read_text())
         if previous != fingerprint:
             changed = [k for k in fingerprint if previous.get(k) != fingerprint[k]]
+            if changed == ["secret_check"]:
+                raise IngestError(
+                    f"{cfg.out} was ingested with another de-identification secret (its pseudonyms would not "
+                    "match); pass the --secret-file of that run, or choose a new --out"
+                )
             raise IngestError(
                 f"{cfg.out} holds an ingestion made with different settings ({', '.join(changed)}: "
                 f"{ {k: previous.get(k) for k in changed} } vs { {k: fingerprint[k] for k in changed} }); "
@@ -301,81 +335,115 @@ def _plan_public(cfg: IngestConfig):
 def ingest(cfg: IngestConfig) -> dict[str, Any]:
     """Run (or resume) an ingestion; returns the summary that is also written to ``ingest_summary.json``."""
     cfg.validate()
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    pseudo = Pseudonymizer.from_file(cfg.secret_file, outputs=[cfg.out])
-    _check_state(cfg)
-    stale = remove_stale_temporaries(cfg.out)
-    if stale:
-        logger.info("removed %d partial files left by an interrupted run", stale)
+    guard = PHIGuard([cfg.src])
+    with guard.installed(trusted=(IngestError, DeidSecretError)):
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        pseudo = Pseudonymizer.from_file(cfg.secret_file, create=cfg.new_secret, outputs=[cfg.out])
+        _check_state(cfg, pseudo)
+        stale = remove_stale_temporaries(cfg.out)
+        if stale:
+            logger.info("removed %d partial files left by an interrupted run", stale)
 
-    adapter = labels = None
-    unlabelled: list[str] = []
-    missing_images: list[str] = []
-    if cfg.dataset == "pacs":
-        planned = [(rel, None, None) for rel in _walk(cfg.src)]
-    else:
-        adapter, planned, labels, unlabelled, missing_images = _plan_public(cfg)
-    tasks = [(pseudo.pseudonym(rel, kind="file", length=32), rel, image_id, rles) for rel, image_id, rles in planned]
-    todo = [t for t in tasks if not _record_path(cfg.out, t[0]).exists()]
-    logger.info(
-        "%s: %d files, %d already done, %d to process with %d worker(s)",
-        cfg.dataset, len(tasks), len(tasks) - len(todo), len(todo), max(cfg.workers, 1),
-    )
-    _run(cfg, pseudo, todo, total=len(tasks))
-    summary = _assemble(cfg, pseudo, tasks, adapter, labels, unlabelled, missing_images)
-    return summary
+        adapter = labels = None
+        unlabelled: list[str] = []
+        missing_images: list[str] = []
+        problems: list[tuple[str, str, str]] = []
+        if cfg.dataset == "pacs":
+            try:
+                walked = walk_tree(cfg.src)
+            except OSError as err:
+                raise IngestError(f"--src cannot be listed ({err.strerror or err}); check its permissions") from None
+            planned = [(rel, None, None) for rel in walked.files]
+            problems = [(p.rel, p.code, p.reason) for p in walked.problems]
+        else:
+            adapter, planned, labels, unlabelled, missing_images = _plan_public(cfg)
+        tasks = [(file_pseudonym(pseudo, rel), rel, image_id, rles) for rel, image_id, rles in planned]
+        todo = [t for t in tasks if not _record_path(cfg.out, t[0]).exists()]
+        logger.info(
+            "%s: %d files (%d more entries the walk could not read), %d already done, %d to process with %s",
+            cfg.dataset, len(tasks), len(problems), len(tasks) - len(todo), len(todo),
+            f"{cfg.workers} worker process(es)" if cfg.workers else "this process",
+        )
+        _run(cfg, pseudo, todo, total=len(tasks), guard=guard)
+        return _assemble(cfg, pseudo, tasks, problems, adapter, labels, unlabelled, missing_images)
 
 
-def _run(cfg: IngestConfig, pseudo: Pseudonymizer, todo: list, total: int) -> None:
+def _run(cfg: IngestConfig, pseudo: Pseudonymizer, todo: list, total: int, guard: PHIGuard) -> None:
     from tqdm.auto import tqdm
 
-    init_args = (pseudo._secret, str(cfg.src), str(cfg.out), cfg.size, cfg.dataset, cfg.pacs_filter)
+    policy = cfg.source_policy()
+    init_args = (pseudo._secret, str(cfg.src), str(cfg.out), cfg.size, cfg.dataset, policy)
     bar = tqdm(
         total=total, initial=total - len(todo), desc=f"ingest {cfg.dataset}", unit="file",
         disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
     )
     counts: Counter = Counter()
+
+    def done(status: str) -> None:
+        counts[status] += 1
+        bar.update(1)
+        bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"] + counts["died"], refresh=False)
+
+    def on_result(task, result) -> None:
+        done(result[0])
+
+    def on_failure(task, description: str) -> None:
+        key = task[0]
+        logger.warning("the worker processing file %s %s; that file is quarantined (worker_died)", key, description)
+        record = {
+            "key": key, "status": "rejected", "code": "worker_died",
+            "reason": f"the worker process reading this file {description}; the file is not retried (a file that "
+                      "needs more memory than the machine has would kill every retry): lower --max-pixel-mb to "
+                      "reject such files up front, or ingest it alone into another --out",
+        }
+        atomic_write_json(_record_path(cfg.out, key), record, indent=None)
+        done("died")
+
     with bar:
-        if cfg.workers <= 1 or len(todo) <= 1:
-            _init_worker(*init_args)
-            results: Iterable = map(_process, todo)
-            for status, _ in results:
-                counts[status] += 1
-                bar.update(1)
-                bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"], refresh=False)
+        if cfg.workers == 0:
+            _init_worker(*init_args, guard=guard)
+            for task in todo:
+                on_result(task, _process(task))
             return
-        context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-        with ProcessPoolExecutor(cfg.workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
-            chunk = max(1, min(64, len(todo) // (cfg.workers * 8) or 1))
-            for status, _ in pool.map(_process, todo, chunksize=chunk):
-                counts[status] += 1
-                bar.update(1)
-                bar.set_postfix(ok=counts["ok"], rejected=counts["rejected"], refresh=False)
+        stats = run_supervised(todo, _process, workers=cfg.workers, initializer=_init_worker, initargs=init_args,
+                               on_result=on_result, on_failure=on_failure)
+    if stats.peak_rss_mib:
+        logger.info("peak RSS per worker process: %s MiB (%d died)",
+                    ", ".join(f"{v:.0f}" for v in stats.peak_rss_mib), stats.died)
 
 
-def _assemble(cfg, pseudo, tasks, adapter, labels, unlabelled, missing_images) -> dict[str, Any]:
+def _assemble(cfg, pseudo, tasks, problems, adapter, labels, unlabelled, missing_images) -> dict[str, Any]:
     records: dict[str, dict] = {}
-    phi_digests: set[str] = set()
+    keys: dict[str, str] = {}
     for key, rel, _, _ in tasks:
-        record = json.loads(_record_path(cfg.out, key).read_text())
-        records[rel] = record
-        phi_digests.update(record.get("phi", ()))
-
-    def is_phi(token: str) -> bool:
-        return pseudo.pseudonym(token, kind="token", length=32) in phi_digests
+        records[rel] = json.loads(_record_path(cfg.out, key).read_text())
+        keys[rel] = key
 
     quarantine: list[tuple[str, str, str]] = []
-    kept: dict[str, tuple[str, dict]] = {}
+    by_id: dict[str, list[str]] = {}
     for rel in sorted(records):  # sorted: the first path of a duplicated image wins, whatever the run order
         record = records[rel]
         if record["status"] != "ok":
             quarantine.append((rel, record["code"], record["reason"]))
-        elif record["id"] in kept:
-            quarantine.append(
-                (rel, "duplicate", f"same image (SOP instance) as {redact(kept[record['id']][0], is_phi)}, ingested once")
-            )
         else:
-            kept[record["id"]] = (rel, record)
+            by_id.setdefault(record["id"], []).append(rel)
+    kept: dict[str, tuple[str, dict]] = {}
+    for image_id, rels in by_id.items():
+        versions = {records[r].get("pixels") for r in rels}
+        if len(versions) > 1:  # a conflicting re-send: no copy can be trusted to be the right one
+            for rel in rels:
+                others = ", ".join(keys[r] for r in rels if r != rel)
+                quarantine.append((rel, "conflicting_resend", (
+                    f"{len(rels)} files share this SOPInstanceUID with {len(versions)} different pixel contents "
+                    f"(also {others}); none is ingested: resolve the re-send at the PACS and export the right one"
+                )))
+                _remove_cached(cfg.out, records[rel])
+            continue
+        kept[image_id] = (rels[0], records[rels[0]])
+        for rel in rels[1:]:
+            quarantine.append((rel, "duplicate", f"the same image (SOP instance and pixels) as file {keys[rels[0]]}, "
+                                                  "which is ingested once"))
+    quarantine += [(rel, code, reason) for rel, code, reason in problems]
     for rel in unlabelled:
         quarantine.append((rel, "no_label", "image has no row in the dataset's label file; not ingested"))
 
@@ -392,11 +460,18 @@ def _assemble(cfg, pseudo, tasks, adapter, labels, unlabelled, missing_images) -
     }
     datalist = datalist_io.write_datalist(cfg.out / "manifest.json", header, entries)
 
-    rows = sorted((redact(rel, is_phi), code, redact(reason, is_phi)) for rel, code, reason in quarantine)
-    _write_quarantine(cfg.out / "quarantine.csv", rows)
+    rows = sorted((file_pseudonym(pseudo, rel), code, reason) for rel, code, reason in quarantine)
+    write_rejections(cfg.out / "quarantine.csv", rows)
+    if cfg.phi_path_map is not None:
+        outcome = {rel: code for rel, code, _ in quarantine}
+        outcome.update({rel: f"ingested:{image_id}" for image_id, (rel, _) in kept.items()})
+        write_path_map(cfg.phi_path_map, [(file_pseudonym(pseudo, rel), outcome.get(rel, ""), rel) for rel in
+                                          sorted(set(records) | set(outcome))])
+        logger.warning("wrote the source paths of every file (PHI) to the local map %s: keep it out of the outputs",
+                       cfg.phi_path_map)
     summary = {
         "dataset": cfg.dataset,
-        "files": len(tasks) + len(unlabelled),
+        "files": len(tasks) + len(unlabelled) + len(problems),
         "ingested": len(entries),
         "quarantined": len(rows),
         "quarantine_by_code": dict(sorted(Counter(code for _, code, _ in rows).items())),
@@ -414,14 +489,9 @@ def _assemble(cfg, pseudo, tasks, adapter, labels, unlabelled, missing_images) -
     return summary
 
 
-def _write_quarantine(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "code", "reason"])
-            writer.writerows(rows)
-
-    atomic_write(path, write)
+def _remove_cached(out: Path, record: dict) -> None:
+    """Delete the cached image of a record that is not ingested (idempotent: a resumed assembly repeats it)."""
+    (out / record["image"]).unlink(missing_ok=True)
 
 
 def _boxes(raw, class_names: list[str], original_size, size: int) -> list[dict[str, Any]]:

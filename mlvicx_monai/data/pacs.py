@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from mlvicx_monai.data.rejections import FileRejected
+
 __all__ = ["FileRejected", "PacsFilter", "Rejection", "check_header", "identifiers", "is_dicomdir_name"]
 
 #: SOP classes of projection radiographs whose pixels are meant for display.
@@ -68,20 +70,13 @@ class PacsFilter:
 
 @dataclass(frozen=True)
 class Rejection:
-    """Why a file is not ingested: a short machine code and a sentence for the user."""
+    """Why a file is not ingested: a short machine code, a sentence for the user, and the :class:`PacsFilter` setting
+    that would keep it (each job names its own option for it: ``--views`` in ingestion, ``filter_headers`` in
+    inference), or None."""
 
     code: str
     reason: str
-
-
-class FileRejected(Exception):
-    """Raised for a file that a job skips (ingestion: quarantine.csv; inference: errors.csv): a :class:`Rejection`'s
-    machine code and sentence for the user. Decoding failures are :class:`~mlvicx_monai.data.dicom.CXRDecodeError`,
-    which carries the same two fields."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
+    setting: str | None = None
 
 
 def is_dicomdir_name(name: str) -> bool:
@@ -98,7 +93,8 @@ def check_header(ds: Dataset, policy: PacsFilter) -> Rejection | None:
     """Apply ``policy`` to a header; ``None`` means the object is a chest radiograph to ingest.
 
     Only technical attributes (SOP class, modality, body part, view, descriptions) are read, and no
-    reason quotes an identifying value.
+    reason quotes an identifying value. The reason names no command-line option: the caller adds its own for
+    :attr:`Rejection.setting`.
     """
     media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
     if media_class == _MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
@@ -107,8 +103,8 @@ def check_header(ds: Dataset, policy: PacsFilter) -> Rejection | None:
     if sop_class in _FOR_PROCESSING_SOP_CLASSES and not policy.allow_for_processing:
         return Rejection(
             "for_processing",
-            "DX 'For Processing' image (raw detector data, not display-ready); "
-            "export the 'For Presentation' version or pass --allow-for-processing",
+            "DX 'For Processing' image (raw detector data, not display-ready); export the 'For Presentation' version",
+            "allow_for_processing",
         )
     modality = _text(ds, "Modality")
     if modality not in policy.modalities:
@@ -116,35 +112,32 @@ def check_header(ds: Dataset, policy: PacsFilter) -> Rejection | None:
         name = UID(sop_class).name if sop_class else "unknown SOP class"
         return Rejection(
             "modality",
-            f"Modality {shown} ({name}) is not one of {'/'.join(policy.modalities)}; "
-            "only projection radiographs are ingested (change with --modalities)",
+            f"Modality {shown} ({name}) is not one of {'/'.join(policy.modalities)}; only projection radiographs "
+            "are used",
+            "modalities",
         )
     body_part = _text(ds, "BodyPartExamined")
     if body_part:
         if body_part not in policy.body_parts:
             return Rejection(
-                "body_part",
-                f"BodyPartExamined {body_part} is not one of {'/'.join(policy.body_parts)} "
-                "(change with --body-parts)",
+                "body_part", f"BodyPartExamined {body_part} is not one of {'/'.join(policy.body_parts)}", "body_parts"
             )
     else:
         descriptions = " ".join(_text(ds, k) for k in ("StudyDescription", "SeriesDescription", "ProtocolName"))
         if not _CHEST_WORDS.search(descriptions) and not policy.allow_missing_body_part:
             return Rejection(
                 "body_part",
-                "BodyPartExamined is missing and no study/series/protocol description names a chest; "
-                "pass --allow-missing-body-part to keep such images",
+                "BodyPartExamined is missing and no study/series/protocol description names a chest",
+                "allow_missing_body_part",
             )
     view = _text(ds, "ViewPosition")
     if view:
         if view not in policy.views:
             return Rejection(
-                "view",
-                f"ViewPosition {view} is not one of {'/'.join(policy.views)} (frontal views are kept by "
-                "default; change with --views)",
+                "view", f"ViewPosition {view} is not one of {'/'.join(policy.views)} (frontal views are kept)", "views"
             )
     elif not policy.allow_missing_view:
-        return Rejection("view", "ViewPosition is missing; pass --allow-missing-view to keep such images")
+        return Rejection("view", "ViewPosition is missing", "allow_missing_view")
     return None
 
 

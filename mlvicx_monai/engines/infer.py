@@ -12,14 +12,19 @@ processed. Outputs in ``output_dir``::
     masks/<id>_mask.nii.gz  the same mask as NIfTI (nibabel; axes row, column; pixel spacing in mm in the
                             affine when the DICOM header gives it)
     masks/<id>_overlay.png  the mask over the image
-    errors.csv              file (relative to input_dir, PHI redacted), file_key, code, reason
+    errors.csv              file (pseudonym of the path), code, reason: the codes of ingestion's quarantine.csv
+
+Reading is ingestion's (:func:`mlvicx_monai.data.sources.read_source` on the files of
+:func:`mlvicx_monai.data.walk.walk_tree`): the same header filter, memory bound per file (``max_pixel_mb``),
+burned-in PHI checks (``BurnedInAnnotation = YES`` and text detected in the pixels: such images get no prediction,
+heat map or overlay), and rejection codes.
 
 De-identification: the id of an image is a keyed pseudonym (:class:`~mlvicx_monai.data.deid.Pseudonymizer`) of its
 SOPInstanceUID (DICOM) or of the SHA-256 of its bytes (PNG, or a DICOM without SOPInstanceUID); no header value
-and no path reaches ``predictions.csv`` or a file name. ``errors.csv`` lists paths relative to ``input_dir`` with
-every token of the PHI values read from the headers in the folder replaced by ``[PHI]`` (folders named after
-patients), plus ``file_key``, a keyed pseudonym of the relative path that identifies the file to whoever holds
-the secret.
+and no path reaches ``predictions.csv``, ``errors.csv`` or a file name, and everything the job logs goes through a
+:class:`~mlvicx_monai.data.phi_guard.PHIGuard`. ``errors.csv`` names files by
+:func:`~mlvicx_monai.data.deid.file_pseudonym`; ``phi_path_map`` (opt-in, local, outside ``output_dir``) maps them
+back to paths for the operator.
 
 Preprocessing reproduces training: the decoded image is resized to the side of the ingested cache the model was
 trained from (PIL Lanczos, rounded to 8 bits, as :mod:`mlvicx_monai.data.ingest` does), then goes through the
@@ -50,14 +55,16 @@ import torch
 from monai.transforms import Compose
 from PIL import Image
 
-from mlvicx_monai.data.deid import Pseudonymizer, phi_tokens, phi_values, redact
-from mlvicx_monai.data.dicom import CXRDecodeError, decode_cxr, read_dicom
-from mlvicx_monai.data.images import load_png, sniff_format
-from mlvicx_monai.data.pacs import FileRejected, PacsFilter, check_header, is_dicomdir_name
+from mlvicx_monai.data.deid import Pseudonymizer, file_pseudonym
+from mlvicx_monai.data.dicom import DEFAULT_MAX_PIXEL_BYTES, CXRDecodeError
 from mlvicx_monai.data.ingest import cache_image
+from mlvicx_monai.data.pacs import PacsFilter
+from mlvicx_monai.data.phi_guard import PHIGuard
+from mlvicx_monai.data.rejections import FileRejected, check_path_map, write_path_map, write_rejections
+from mlvicx_monai.data.sources import SourcePolicy, read_source
+from mlvicx_monai.data.walk import walk_tree
 from mlvicx_monai.networks.artifacts import ArtifactError, ModelKind, load_model
 from mlvicx_monai.utils.atomic import atomic_write, atomic_write_csv
-from mlvicx_monai.utils.hashing import sha256_file
 
 __all__ = [
     "DEMO_INPUT",
@@ -74,6 +81,16 @@ logger = logging.getLogger(__name__)
 
 #: ``input_dir`` value that selects the synthetic PACS export (generated on first use).
 DEMO_INPUT = "demo"
+
+_FILTER_HINT = "pass --filter_headers False to run the model on it anyway"
+#: How the bundle changes each setting of :class:`~mlvicx_monai.data.sources.SourcePolicy` (appended to reasons).
+INFER_HINTS: dict[str, str] = {
+    **{k: _FILTER_HINT for k in ("modalities", "body_parts", "views", "allow_missing_body_part", "allow_missing_view",
+                                 "allow_for_processing")},
+    "allow_burned_in": "pass --allow_burned_in True only if the pixel text is known to carry no PHI",
+    "detect_burned_in_text": "a false alarm? --detect_burned_in_text False turns the detector off, "
+                             "--allow_burned_in True keeps every image with pixel text",
+}
 
 class InputError(ValueError):
     """The input folder does not exist or holds no file."""
@@ -194,6 +211,11 @@ class CXRInference:
             it must lie outside ``output_dir``.
         device: torch device.
         save_heatmaps: write the Grad-CAM overlays.
+        new_secret: create ``deid_secret`` if it does not exist (otherwise a missing named secret is an error).
+        allow_burned_in: also run on images whose header says ``BurnedInAnnotation = YES`` or whose pixels show text.
+        detect_burned_in_text: look for burned-in text in the pixels.
+        max_pixel_mb: memory bound per file: stored pixel data its header declares (0: none).
+        phi_path_map: opt-in, local-only CSV (outside ``output_dir``) mapping each file pseudonym to its path.
     """
 
     def __init__(
@@ -208,6 +230,11 @@ class CXRInference:
         deid_secret: str | os.PathLike = "",
         device: str | torch.device = "cpu",
         save_heatmaps: bool = True,
+        new_secret: bool = False,
+        allow_burned_in: bool = False,
+        detect_burned_in_text: bool = True,
+        max_pixel_mb: float = DEFAULT_MAX_PIXEL_BYTES / 2**20,
+        phi_path_map: str | os.PathLike = "",
     ) -> None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
@@ -224,9 +251,17 @@ class CXRInference:
             raise ValueError(f"min_probability must be in [0, 1], got {min_probability!r}")
         self.min_probability = float(min_probability)
         self.gradcam_layer = self.model.gradcam_target_layer if gradcam_layer == "auto" and self.kind == "classifier" else gradcam_layer
-        self.filter = PacsFilter() if filter_headers else None
+        self.policy = SourcePolicy(
+            header_filter=PacsFilter() if filter_headers else None,
+            accept_png=True,
+            allow_burned_in=bool(allow_burned_in),
+            detect_burned_in_text=bool(detect_burned_in_text),
+            max_pixel_bytes=int(float(max_pixel_mb) * 2**20) if float(max_pixel_mb) > 0 else None,
+            hints=INFER_HINTS,
+        )
+        self.phi_path_map = check_path_map(phi_path_map, [self.output_dir], [self.input_dir]) if phi_path_map else None
         self.save_heatmaps = save_heatmaps
-        self.pseudo = Pseudonymizer.from_file(deid_secret or None, outputs=[self.output_dir])
+        self.pseudo = Pseudonymizer.from_file(deid_secret or None, create=bool(new_secret), outputs=[self.output_dir])
         self.preprocessing = self.info.preprocessing
         self.source_size = self.preprocessing.source_size
         self.threshold = self.info.threshold if self.info.threshold is not None else 0.5
@@ -254,26 +289,11 @@ class CXRInference:
         return self.network_input(self.display_image(image))
 
     # ---- reading ----------------------------------------------------------------------------------------
-    def _read(self, path: Path, seen_tokens: set[str]) -> _Image:
-        kind = sniff_format(path)
-        if kind == "png":
-            image, _ = load_png(path)
-            return _Image(self.pseudo.pseudonym(f"sha256:{sha256_file(path)}", kind="image", length=20), "png", image)
-        if is_dicomdir_name(path.name):
-            raise FileRejected("dicomdir", "a DICOMDIR index file, not an image (its images are read from their own files)")
-        if kind != "dicom":
-            raise FileRejected("not_an_image", "neither a DICOM nor a PNG file (judged by its content, not its name)")
-        ds = read_dicom(path)
-        seen_tokens.update(phi_tokens(phi_values(ds)))
-        if self.filter is not None and "PixelData" in ds:
-            rejection = check_header(ds, self.filter)
-            if rejection is not None:
-                reason = re.sub(r"\s*\(change with --[a-z-]+\)", "", rejection.reason)
-                raise FileRejected(rejection.code, f"{reason} (pass --filter_headers false to run the model on it anyway)")
-        image, meta = decode_cxr(ds, path)
-        uid = str(ds.get("SOPInstanceUID", "") or "").strip()
-        key = uid or f"sha256:{sha256_file(path)}"
-        return _Image(self.pseudo.pseudonym(key, kind="image", length=20), "dicom", image, meta.pixel_spacing)
+    def _read(self, path: Path, guard: PHIGuard | None = None) -> tuple[_Image, str]:
+        """(the decoded image, its pixel hash); rejections raise FileRejected / CXRDecodeError."""
+        source = read_source(path, self.policy, guard)
+        image_id = self.pseudo.pseudonym(source.instance, kind="image", length=20)
+        return _Image(image_id, source.format, source.image, source.meta.pixel_spacing), source.pixel_sha256
 
     # ---- model outputs ------------------------------------------------------------------------------
     def heatmap(self, x: torch.Tensor, class_idx: int, shape: tuple[int, int]) -> np.ndarray:
@@ -300,6 +320,7 @@ class CXRInference:
                 heat = self.heatmap(x, int(k), display.shape)
                 name = f"{item.id}_{rank}_{_safe(self.class_names[k])}.png"
                 _write_png(self.output_dir / "heatmaps" / name, heatmap_overlay(display, heat))
+                row.setdefault("_files", []).append(self.output_dir / "heatmaps" / name)
         return row
 
     def _segment(self, item: _Image, x: torch.Tensor) -> dict[str, Any]:
@@ -321,6 +342,7 @@ class CXRInference:
         _write_png(folder / f"{item.id}_overlay.png", heatmap_overlay(item.image, mask.astype(np.float32), alpha=0.4))
         name = self.class_names[0]
         return {
+            "_files": [folder / f"{item.id}_{suffix}" for suffix in ("mask.png", "mask.nii.gz", "overlay.png")],
             "id": item.id,
             "format": item.format,
             f"max_prob:{name}": f"{float(prob.max()):.6f}",
@@ -331,46 +353,64 @@ class CXRInference:
     # ---- the job ------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Process every file; write ``predictions.csv``, ``errors.csv`` and the images. Returns a summary."""
-        files = sorted(p for p in self.input_dir.rglob("*") if p.is_file())
-        if not files:
+        guard = PHIGuard([self.input_dir])
+        with guard.installed(trusted=(InputError,)):
+            return self._run(guard)
+
+    def _run(self, guard: PHIGuard) -> dict[str, Any]:
+        try:
+            walked = walk_tree(self.input_dir)
+        except OSError as err:
+            raise InputError(f"input_dir cannot be listed ({err.strerror or err}); check its permissions") from None
+        if not walked.files and not walked.problems:
             raise InputError(f"{self.input_dir} holds no file")
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        seen_tokens: set[str] = set()
-        rows: list[dict[str, Any]] = []
-        errors: list[tuple[str, str, str, str]] = []
-        done: dict[str, str] = {}
-        for path in files:
-            rel = path.relative_to(self.input_dir).as_posix()
-            file_key = self.pseudo.pseudonym(rel, kind="file", length=16)
-            try:
-                item = self._read(path, seen_tokens)
-                if item.id in done:
-                    raise FileRejected("duplicate", f"the same image (same SOPInstanceUID or bytes) as image {item.id}, processed once")
-                display = self.display_image(item.image)
-                x = self.network_input(display)
-                row = self._classify(item, x, display) if self.kind == "classifier" else self._segment(item, x)
-                done[item.id] = rel
-                rows.append(row)
-            except (CXRDecodeError, FileRejected) as err:
-                errors.append((rel, file_key, err.code, err.reason))
-            except Exception as err:  # one bad file never stops the job; no traceback or absolute path in the CSV
-                message = str(err).splitlines()[0] if str(err) else ""
-                message = message.replace(str(path), rel).replace(str(self.input_dir), "<input_dir>")
-                errors.append((rel, file_key, "internal_error", f"{type(err).__name__}: {message}"[:300]))
-                logger.warning("internal error on file %s (%s)", file_key, type(err).__name__)
-        digests = {self._digest(t) for t in seen_tokens}
-
-        def is_phi(token: str) -> bool:
-            return self._digest(token) in digests
-
-        errors = [(redact(rel, is_phi), key, code, redact(reason, is_phi)) for rel, key, code, reason in errors]
-        atomic_write_csv(self.output_dir / "predictions.csv", rows, header=None if rows else ["id"])
-        atomic_write_csv(self.output_dir / "errors.csv", sorted(errors), header=["file", "file_key", "code", "reason"])
-        self.summary = {"files": len(files), "images": len(rows), "errors": len(errors), "kind": self.kind,
+        rows: dict[str, dict[str, Any]] = {}  # image id -> prediction row
+        errors: list[tuple[str, str, str]] = [(file_pseudonym(self.pseudo, p.rel), p.code, p.reason) for p in walked.problems]
+        done: dict[str, tuple[str, str]] = {}  # image id -> (file key, pixel hash) of the file it came from
+        conflicted: set[str] = set()
+        for rel in walked.files:
+            key = file_pseudonym(self.pseudo, rel)
+            path = self.input_dir / rel
+            with guard.file(path, rel, key):
+                try:
+                    item, pixels = self._read(path, guard)
+                    if item.id in conflicted or (item.id in done and done[item.id][1] != pixels):
+                        raise FileRejected("conflicting_resend", "another file has this SOPInstanceUID with different "
+                                           "pixels; neither is used: resolve the re-send at the PACS")
+                    if item.id in done:
+                        raise FileRejected("duplicate", f"the same image (SOP instance and pixels) as file "
+                                                        f"{done[item.id][0]}, processed once")
+                    display = self.display_image(item.image)
+                    x = self.network_input(display)
+                    row = self._classify(item, x, display) if self.kind == "classifier" else self._segment(item, x)
+                    done[item.id] = (key, pixels)
+                    rows[item.id] = row
+                except (CXRDecodeError, FileRejected) as err:
+                    if err.code == "conflicting_resend" and item.id not in conflicted:
+                        self._withdraw(rows.pop(item.id))  # the first copy's outputs may show the wrong pixels
+                        errors.append((done[item.id][0], err.code, err.reason))
+                        conflicted.add(item.id)
+                    errors.append((key, err.code, err.reason))
+                except Exception as err:  # one bad file never stops the job; the message goes through the guard
+                    errors.append((key, "internal_error", guard.scrub(f"{type(err).__name__}: {err}")[:300]))
+                    logger.warning("internal error on file %s (%s)", key, type(err).__name__)
+        predictions = [{k: v for k, v in row.items() if k != "_files"} for row in rows.values()]  # file order
+        atomic_write_csv(self.output_dir / "predictions.csv", predictions, header=None if predictions else ["id"])
+        write_rejections(self.output_dir / "errors.csv", errors)
+        if self.phi_path_map is not None:
+            codes = {key: code for key, code, _ in errors}
+            entries = [(file_pseudonym(self.pseudo, rel), rel) for rel in [*walked.files, *(p.rel for p in walked.problems)]]
+            write_path_map(self.phi_path_map, [(key, codes.get(key, "processed"), rel) for key, rel in entries])
+            logger.warning("wrote the source path of every file (PHI) to the local map %s", self.phi_path_map)
+        n_files = len(walked.files) + len(walked.problems)
+        self.summary = {"files": n_files, "images": len(predictions), "errors": len(errors), "kind": self.kind,
                         "output_dir": str(self.output_dir)}
-        logger.info("inference: %d files, %d images processed, %d listed in %s", len(files), len(rows), len(errors),
-                    self.output_dir / "errors.csv")
+        logger.info("inference: %d files, %d images processed, %d listed in errors.csv", n_files, len(predictions),
+                    len(errors))
         return self.summary
 
-    def _digest(self, token: str) -> str:
-        return self.pseudo.pseudonym(token, kind="token", length=32)
+    @staticmethod
+    def _withdraw(row: dict[str, Any]) -> None:
+        for path in row.get("_files", ()):
+            Path(path).unlink(missing_ok=True)

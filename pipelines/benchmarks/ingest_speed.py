@@ -107,7 +107,8 @@ def _run_one(src: Path, out: Path, workers: int, size: int, secret: Path) -> Non
     """Child process: one ingestion with whichever ``mlvicx_monai`` is on the path; prints ``RESULT {json}``."""
     from mlvicx_monai.data.ingest import IngestConfig, ingest
 
-    cfg = IngestConfig(dataset="pacs", src=src, out=out, size=size, workers=workers, secret_file=secret, progress=False)
+    cfg = IngestConfig(dataset="pacs", src=src, out=out, size=size, workers=workers, secret_file=secret, new_secret=True,
+                       progress=False)
     cpu0 = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
     start_ns = time.time_ns()
     start = time.perf_counter()

@@ -52,8 +52,9 @@ def classifier_file(work) -> Path:
 def test_infer_bundle_writes_deidentified_predictions_heatmaps_and_errors(export, classifier_file, run_bundle, work):
     folder, truth = export
     out = work / "infer"
-    run_bundle("bundles/mlvicx_cxr/configs/inference.json", "--input_dir", folder, "--model", classifier_file, "--output_dir", out,
-               "--min_probability", "0.0", "--top_k", "2", "--deid_secret", work / "infer.secret")
+    run_bundle("bundles/mlvicx_cxr/configs/inference.json", "--input_dir", folder, "--model", classifier_file,
+               "--output_dir", out, "--min_probability", "0.0", "--top_k", "2", "--deid_secret", work / "infer.secret",
+               "--new_secret", "True")
     predictions = _rows(out / "predictions.csv")
     errors = _rows(out / "errors.csv")
     # inference judges a file by its content: the PNG the ingestion rejects for being renamed .dcm is an image here
@@ -68,10 +69,11 @@ def test_infer_bundle_writes_deidentified_predictions_heatmaps_and_errors(export
     assert len({r["id"] for r in predictions}) == len(predictions)
     by_code = {r["code"] for r in errors}
     assert {"dicomdir", "truncated", "modality", "body_part", "duplicate"} <= by_code
-    assert all(r["reason"] and len(r["file_key"]) == 17 for r in errors)
+    assert all(r["reason"] and len(r["file"]) == 33 and r["file"].startswith("f") for r in errors)  # pseudonyms
     filtered = [r for r in errors if r["code"] in ("view", "modality", "body_part")]
-    assert filtered and all(r["reason"].endswith("(pass --filter_headers false to run the model on it anyway)")
-                            and "--body-parts" not in r["reason"] for r in filtered)  # infer's option, not ingest's
+    assert filtered and all(r["reason"].endswith("(pass --filter_headers False to run the model on it anyway)")
+                            and "--body-parts" not in r["reason"] and "--views" not in r["reason"]
+                            for r in filtered)  # infer's option, not ingest's
     # two heat maps (top 2 findings) per image, named by pseudonym and class only
     heatmaps = sorted((out / "heatmaps").iterdir())
     assert len(heatmaps) == 2 * len(predictions)
@@ -86,7 +88,7 @@ def test_infer_bundle_writes_deidentified_predictions_heatmaps_and_errors(export
     assert not leaked, f"PHI in the outputs: {leaked[:5]}"
     for keep in keeps:  # the raw relative path of an image never appears
         assert keep["path"].upper() not in text
-    assert any("[PHI]" in r["file"] for r in errors), "patient-named folders are redacted, not dropped"
+    assert not any("/" in r["file"] for r in errors), "errors.csv names files by pseudonym, never by path"
 
 
 def test_segmenter_writes_mask_png_and_nifti_per_image(tmp_path):
@@ -98,7 +100,7 @@ def test_segmenter_writes_mask_png_and_nifti_per_image(tmp_path):
     for i, size in enumerate((70, 90)):
         image, _ = render_cxr(np.random.default_rng(i), (size, size + 6), ["pneumothorax"])
         Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / f"img{i}.png")
-    job = CXRInference(folder, model, tmp_path / "out", deid_secret=tmp_path / "s.secret")
+    job = CXRInference(folder, model, tmp_path / "out", deid_secret=tmp_path / "s.secret", new_secret=True)
     summary = job.run()
     assert summary == {"files": 2, "images": 2, "errors": 0, "kind": "segmenter", "output_dir": str(tmp_path / "out")}
     shapes = []
