@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tmp)
         write_layout("pacs", root / "pacs", n=args.n, seed=args.seed, size=args.size, overwrite=True)
         truth = json.loads((root / "pacs" / "truth.json").read_text())
-        job = CXRInference(root / "pacs" / "export", args.model, root / "out", gradcam_layer=args.layer, deid_secret=root / "secret", new_secret=True)
+        job = CXRInference.from_paths(root / "pacs" / "export", args.model, root / "out", gradcam_layer=args.layer, deid_secret=root / "secret", new_secret=True)
         classes = {c.lower(): k for k, c in enumerate(job.class_names)}
         records = []
         for entry in truth["files"]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.scripts import ckpt_export, verify_metadata, verify_net_in_out
-from monai.engines import SupervisedTrainer
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
 from mlvicx_monai.bundle import BundleInvocationError, check_invocation, root_cause
 from mlvicx_monai.networks import build_classifier, build_segmenter
@@ -66,9 +66,13 @@ def test_infer_workflow_has_the_standard_properties(tmp_path: Path) -> None:
                        preprocessing=Preprocessing(64, source_size=64))
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=META, workflow_type="infer",
                               model=str(model), output_dir=str(tmp_path / "out"), demo_dir=str(tmp_path / "pacs"),
-                              deid_secret=str(tmp_path / "s.secret"))
+                              deid_secret=str(tmp_path / "s.secret"), new_secret=True)
     workflow.initialize()
     assert workflow.check_properties() == []
+    assert isinstance(workflow.evaluator, SupervisedEvaluator) and workflow.evaluator.network is workflow.parser.get_parsed_content("network")
+    assert len(workflow.dataset) > 0 and workflow.evaluator.inferer is workflow.inferer
+    summary = workflow.evaluator.run()
+    assert summary["images"] > 0 and (tmp_path / "out" / "predictions.csv").is_file()
 
 
 def test_metadata_verifies_offline() -> None:

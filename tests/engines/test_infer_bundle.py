@@ -52,7 +52,7 @@ def classifier_file(work) -> Path:
 def test_infer_bundle_writes_deidentified_predictions_heatmaps_and_errors(export, classifier_file, run_bundle, work):
     folder, truth = export
     out = work / "infer"
-    run_bundle("bundles/mlvicx_cxr/configs/inference.json", "--input_dir", folder, "--model", classifier_file,
+    run_bundle("bundles/mlvicx_cxr/configs/inference.json", "--dataset_dir", folder, "--model", classifier_file,
                "--output_dir", out, "--min_probability", "0.0", "--top_k", "2", "--deid_secret", work / "infer.secret",
                "--new_secret", "True")
     predictions = _rows(out / "predictions.csv")
@@ -100,7 +100,7 @@ def test_segmenter_writes_mask_png_and_nifti_per_image(tmp_path):
     for i, size in enumerate((70, 90)):
         image, _ = render_cxr(np.random.default_rng(i), (size, size + 6), ["pneumothorax"])
         Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / f"img{i}.png")
-    job = CXRInference(folder, model, tmp_path / "out", deid_secret=tmp_path / "s.secret", new_secret=True)
+    job = CXRInference.from_paths(folder, model, tmp_path / "out", deid_secret=tmp_path / "s.secret", new_secret=True)
     summary = job.run()
     assert summary == {"files": 2, "images": 2, "errors": 0, "kind": "segmenter", "output_dir": str(tmp_path / "out")}
     shapes = []
@@ -139,7 +139,7 @@ def test_model_resolution_from_path_and_registry_alias(tmp_path, classifier_file
         resolve_model(f"models:/enc-test/{encoder_version.version}", tracking_uri=uri)
     bare = save_model(model, tmp_path / "bare.pt")
     with pytest.raises(ArtifactError, match="no class names or preprocessing record"):
-        CXRInference(tmp_path, bare, tmp_path / "out", deid_secret=tmp_path / "s.secret")
+        CXRInference.from_paths(tmp_path, bare, tmp_path / "out", deid_secret=tmp_path / "s.secret")
 
 
 def test_gradcam_normalizer_keeps_bright_as_evidence():
