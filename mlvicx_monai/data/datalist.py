@@ -102,8 +102,9 @@ def check_cache_size(path: str | Path, minimum: int) -> int:
     size = int(document.get("image_size") or 0)
     if minimum and size < int(minimum):
         raise DatalistError(
-            f"{_resolve(path)} caches {size} px images but this configuration needs at least {minimum} px (min_cache_size); "
-            f"re-ingest with `python -m pipelines.ingest --dataset {document.get('dataset')} --size {minimum} ...` into a "
+            f"{_resolve(path)} caches {size} px images but this configuration needs at least {minimum} px "
+            f"(min_cache_size); re-ingest with `python -m pipelines.ingest --dataset {document.get('dataset')} "
+            f"--size {minimum} ...` into a "
             "new --out, or pass --min_cache_size 0 to accept upsampled crops"
         )
     return size
@@ -218,7 +219,8 @@ def assign_splits(
             elif covered < len(ids):
                 missing = [i for i in ids if i not in listed]
                 raise DatalistError(
-                    f"{covered} of {len(ids)} ingested images are in the versioned manifest {manifests.manifest_id(meta)}, "
+                    f"{covered} of {len(ids)} ingested images are in the versioned manifest "
+                    f"{manifests.manifest_id(meta)}, "
                     f"{len(missing)} are not (e.g. {missing[:3]}); pass --split-source computed to split these images "
                     "on their own, or a manifest folder that lists them all"
                 )
@@ -228,9 +230,16 @@ def assign_splits(
         rows = table.set_index("image_id")
         absent = [i for i in ids if i not in rows.index]
         if absent:
-            raise DatalistError(f"{len(absent)} ingested images are not in {manifests.manifest_id(meta)} (e.g. {absent[:3]})")
+            raise DatalistError(
+                f"{len(absent)} ingested images are not in {manifests.manifest_id(meta)} (e.g. {absent[:3]})"
+            )
         _set(entries, rows["split"].to_dict(), rows["fraction"].to_dict())
-        return {"source": source, "manifest_id": manifests.manifest_id(meta), "manifest_path": meta.get("path"), "seed": meta.get("seed")}
+        return {
+            "source": source,
+            "manifest_id": manifests.manifest_id(meta),
+            "manifest_path": meta.get("path"),
+            "seed": meta.get("seed"),
+        }
     kept = labels[labels["image_id"].astype(str).isin(set(ids))]
     table, rules = manifests.build_entries(dataset, kept, seed)
     rows = table.set_index("image_id")

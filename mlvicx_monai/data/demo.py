@@ -38,8 +38,9 @@ def check_dataset(dataset: str, allowed: tuple[str, ...] | None = None) -> str:
     choices = allowed if allowed is not None else (DEMO, *DATASETS)
     if dataset not in choices:
         raise ValueError(
-            f"unknown dataset {dataset!r}; choose one of {', '.join(choices)} (demo = synthetic data generated on first "
-            "use; any other name needs dataset_dir = the output folder of `python -m pipelines.ingest --dataset NAME`)"
+            f"unknown dataset {dataset!r}; choose one of {', '.join(choices)} (demo = synthetic data generated on "
+            "first use; any other name needs dataset_dir = the output folder of "
+            "`python -m pipelines.ingest --dataset NAME`)"
         )
     return dataset
 
@@ -106,7 +107,8 @@ def prepare_data(
             previous = json.loads(marker.read_text())
             if previous != params:
                 raise DatalistError(
-                    f"{target} holds a demo made with {previous}, not {params}; delete {target} or choose another data_dir"
+                    f"{target} holds a demo made with {previous}, not {params}; delete {target} or choose another "
+                    "data_dir"
                 )
             return datalist_path(dataset, root, layout)
         from mlvicx_monai.data.ingest import IngestConfig, ingest

@@ -265,7 +265,9 @@ def _process_file(key: str, rel: str, path: Path, image_id: str | None, rles: li
             try:
                 full = rle_merge(rles, height=rows, width=cols)
             except RLEError as err:
-                raise FileRejected("bad_mask", f"its mask in the RLE file does not fit the {rows}x{cols} image: {err}") from None
+                raise FileRejected(
+                    "bad_mask", f"its mask in the RLE file does not fit the {rows}x{cols} image: {err}"
+                ) from None
             small = Image.fromarray(full.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BOX)
             mask = (np.asarray(small) >= 128).astype(np.uint8) * 255
             mask_rel = f"masks/{shard}/{_file_stem(image_id)}.png"
@@ -517,7 +519,9 @@ def _boxes(raw, class_names: list[str], original_size, size: int) -> list[dict[s
     return out
 
 
-def _entries(cfg: IngestConfig, pseudo: Pseudonymizer, kept: dict, labels, class_names: list[str]) -> list[dict[str, Any]]:
+def _entries(
+    cfg: IngestConfig, pseudo: Pseudonymizer, kept: dict, labels, class_names: list[str]
+) -> list[dict[str, Any]]:
     """One datalist entry per kept image (labels and pseudonymous patient from the label table)."""
     by_id = None
     if labels is not None:
@@ -537,7 +541,12 @@ def _entries(cfg: IngestConfig, pseudo: Pseudonymizer, kept: dict, labels, class
         else:
             entry.update(patient=record["patient"], study=record["study"], view=meta.get("view_position"))
         if "mask" in record:
-            entry.update(mask=record["mask"], mask_pixels=record["mask_pixels"], mask_pixels_cached=record["mask_pixels_cached"])
-        entry["meta"] = {k: meta[k] for k in ("modality", "photometric_interpretation", "pixel_spacing", "original_size", "transfer_syntax", "voi") if k in meta}
+            entry.update(
+                mask=record["mask"], mask_pixels=record["mask_pixels"], mask_pixels_cached=record["mask_pixels_cached"]
+            )
+        meta_keys = (
+            "modality", "photometric_interpretation", "pixel_spacing", "original_size", "transfer_syntax", "voi"
+        )
+        entry["meta"] = {k: meta[k] for k in meta_keys if k in meta}
         entries.append(entry)
     return entries

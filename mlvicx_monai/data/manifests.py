@@ -424,7 +424,9 @@ def select(entries: pd.DataFrame, split: str, fraction: int | None = None) -> pd
     return rows
 
 
-def check_manifest(dataset_or_path: str | Path, version: str = "latest", *, root: Path | str | None = None) -> dict[str, Any]:
+def check_manifest(
+    dataset_or_path: str | Path, version: str = "latest", *, root: Path | str | None = None
+) -> dict[str, Any]:
     """Re-verify a manifest: entries checksum and size, uncompressed content checksum, unique image ids,
     label width, patient-disjoint splits, nested/patient-level/class-covering fractions, recorded counts.
 
@@ -443,7 +445,8 @@ def check_manifest(dataset_or_path: str | Path, version: str = "latest", *, root
     if list(entries.columns) != meta["entries"]["columns"] or len(entries) != meta["entries"]["rows"]:
         raise ManifestError(f"{where}: entries columns/rows differ from manifest.json")
     if entries["image_id"].duplicated().any():
-        raise ManifestError(f"{where}: image {entries.loc[entries['image_id'].duplicated(), 'image_id'].iloc[0]!r} listed twice")
+        first = entries.loc[entries["image_id"].duplicated(), "image_id"].iloc[0]
+        raise ManifestError(f"{where}: image {first!r} listed twice")
     width = len(meta["class_names"])
     bad = entries["labels"].map(len) != width
     if bad.any():

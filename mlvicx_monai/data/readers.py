@@ -2,7 +2,8 @@
 
 ``LoadImage(reader=CXRReader(), image_only=True, ensure_channel_first=True)`` gives a ``MetaTensor`` of shape
 ``(1, rows, columns)`` (never transposed, unlike MONAI's PILReader/PydicomReader), float32 in ``[0, 1]``, bone
-bright; :class:`LoadCXRd` does the same for dictionary pipelines. Decoding is :func:`~mlvicx_monai.data.images.load_image`.
+bright; :class:`LoadCXRd` does the same for dictionary pipelines. Decoding is
+:func:`~mlvicx_monai.data.images.load_image`.
 """
 
 from __future__ import annotations

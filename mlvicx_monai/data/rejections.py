@@ -83,7 +83,9 @@ def write_rejections(path: str | os.PathLike, rows: Iterable[tuple[str, str, str
     atomic_write(path, write)
 
 
-def check_path_map(path: str | os.PathLike, outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> Path:
+def check_path_map(
+    path: str | os.PathLike, outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]
+) -> Path:
     """The path map's location, refused inside an output folder (it holds the PHI of the paths) or an input one."""
     target = Path(path).expanduser().resolve()
     for folder, what in [*((o, "output") for o in outputs), *((i, "input") for i in inputs)]:

@@ -1,4 +1,4 @@
-"""One source file of an export -> a decoded radiograph or a rejection: the file-level logic ingestion and inference share.
+"""One export file -> a decoded radiograph or a rejection: the file-level logic ingestion and inference share.
 
 :func:`read_source` does, in order: DICOMDIR by name; content sniffing (PNG only where the job accepts pictures);
 the header-first memory bound (:func:`~mlvicx_monai.data.dicom.read_dicom`, ``too_large``); the header filter
@@ -185,7 +185,8 @@ def _checked(image, meta, fmt, instance, patient, study, policy: SourcePolicy) -
         if found is not None:
             rows, cols = image.shape
             where = ", ".join(
-                f"{100 * x / cols:.0f}-{100 * (x + w) / cols:.0f} % across, {100 * y / rows:.0f}-{100 * (y + h) / rows:.0f} % down"
+                f"{100 * x / cols:.0f}-{100 * (x + w) / cols:.0f} % across, "
+                f"{100 * y / rows:.0f}-{100 * (y + h) / rows:.0f} % down"
                 for x, y, w, h in found.boxes[:3]
             )
             raise policy.reject(

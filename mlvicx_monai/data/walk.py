@@ -89,9 +89,13 @@ def walk_tree(root: str | os.PathLike) -> WalkResult:
                         "pass the folder it points to as its own input if it belongs to the export",
                     ))
                 else:
-                    result.problems.append(WalkProblem(child, "not_a_regular_file", "a symbolic link to a FIFO, socket or device"))
+                    result.problems.append(
+                        WalkProblem(child, "not_a_regular_file", "a symbolic link to a FIFO, socket or device")
+                    )
             else:
-                result.problems.append(WalkProblem(child, "not_a_regular_file", "a FIFO, socket or device file, not a regular file"))
+                result.problems.append(
+                    WalkProblem(child, "not_a_regular_file", "a FIFO, socket or device file, not a regular file")
+                )
         stack.append((fd, rel, subfolders[::-1]))
 
     def _add_file(child: str, fd: int, name: str) -> None:
@@ -138,7 +142,9 @@ def _folder_problem(rel: str, err: OSError) -> WalkProblem:
         )
     if err.errno == errno.ENAMETOOLONG:
         return WalkProblem(rel, "path_too_long", "the folder's path is too long to open")
-    return WalkProblem(rel or ".", "unreadable_folder", f"the folder cannot be listed ({err.strerror or type(err).__name__})")
+    return WalkProblem(
+        rel or ".", "unreadable_folder", f"the folder cannot be listed ({err.strerror or type(err).__name__})"
+    )
 
 
 def _entry_problem(rel: str, err: OSError) -> WalkProblem:

@@ -127,7 +127,9 @@ class ResumableCheckpoint:
         registered = dict(getattr(engine.state, "resumables", None) or {})
         clash = sorted(set(registered) & set(self.objects))
         if clash:
-            raise ValueError(f"resumable state {clash} is both given to ResumableCheckpoint and registered by a handler")
+            raise ValueError(
+                f"resumable state {clash} is both given to ResumableCheckpoint and registered by a handler"
+            )
         return {**self.objects, **registered}
 
     def save(self, engine: Engine) -> None:
@@ -135,7 +137,11 @@ class ResumableCheckpoint:
             return
         state = {
             "format": _FORMAT,
-            "engine": {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "epoch_length": engine.state.epoch_length},
+            "engine": {
+                "epoch": engine.state.epoch,
+                "iteration": engine.state.iteration,
+                "epoch_length": engine.state.epoch_length,
+            },
             "objects": {name: _unwrap(obj).state_dict() for name, obj in self._all_objects(engine).items()},
             "rng": _rng_state(),
             "extra": self.extra,
@@ -176,7 +182,8 @@ class ResumableCheckpoint:
             except (RuntimeError, ValueError, KeyError) as err:
                 raise CheckpointError(
                     f"{self.path}: the saved {name!r} does not fit this run's {name} ({err}). The checkpoint was "
-                    "written with other settings (network, levels, optimiser): rerun with those, or use a new output_dir"
+                    "written with other settings (network, levels, optimiser): rerun with those, or use a new "
+                    "output_dir"
                 ) from None
         _set_rng_state(state["rng"])
         saved = state["engine"]
@@ -197,6 +204,11 @@ class ResumableCheckpoint:
             torch.distributed.barrier()
         self.resumed_from = saved
         if engine.state.epoch >= engine.state.max_epochs:
-            logger.info("checkpoint %s is already at epoch %d of %d: nothing left to train", self.path, saved["epoch"], engine.state.max_epochs)
+            logger.info(
+                "checkpoint %s is already at epoch %d of %d: nothing left to train",
+                self.path,
+                saved["epoch"],
+                engine.state.max_epochs,
+            )
         else:
             logger.info("resumed from %s at epoch %d, iteration %d", self.path, saved["epoch"], saved["iteration"])

@@ -62,7 +62,8 @@ def init_distributed(backend: str = "auto") -> bool:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise RuntimeError(
             "multi_gpu.json needs the environment torchrun sets (RANK, WORLD_SIZE, ...): launch with "
-            "`torchrun --nproc_per_node=N -m monai.bundle run --config_file \"['bundles/pretrain.json','bundles/multi_gpu.json']\"`"
+            "`torchrun --nproc_per_node=N -m monai.bundle run --config_file "
+            "\"['bundles/pretrain.json','bundles/multi_gpu.json']\"`"
         )
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -84,7 +85,9 @@ def per_rank_batch(global_batch: int) -> int:
     """The per-process batch of a global batch split across ranks (it must divide evenly)."""
     world = world_size()
     if global_batch % world:
-        raise ValueError(f"batch_size {global_batch} is not divisible by the {world} processes; choose a multiple of {world}")
+        raise ValueError(
+            f"batch_size {global_batch} is not divisible by the {world} processes; choose a multiple of {world}"
+        )
     return global_batch // world
 
 
@@ -114,7 +117,9 @@ def wrap_ddp(
         raise ValueError(f"sync_bn must be True, False or 'auto', got {sync_bn!r}")
     if sync_bn:
         if device.type != "cuda":
-            raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU implementation); use sync_bn=false")
+            raise ValueError(
+                "sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU implementation); use sync_bn=false"
+            )
         network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
     network = network.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return torch.nn.parallel.DistributedDataParallel(

@@ -87,10 +87,12 @@ DOWNSTREAM_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "classify": {
         "nih": {"batch_size": 64, "lr": {"finetune": 1e-5, "frozen": 1e-3}, "max_epochs": 100, "image_size": 224,
                 "classes": "all", "augment": _AUGMENT},
-        "vindr": {"batch_size": 16, "lr": 1e-3, "max_epochs": 100, "image_size": 224, "classes": "all", "augment": _AUGMENT},
-        "rsna": {"batch_size": 16, "lr": 1e-3, "max_epochs": 100, "image_size": 224, "classes": "all", "augment": _AUGMENT},
-        "demo": {"batch_size": 16, "lr": {"finetune": 3e-4, "frozen": 1e-3}, "max_epochs": {"finetune": 20, "frozen": 100},
-                 "image_size": 128, "augment": _AUGMENT,
+        "vindr": {"batch_size": 16, "lr": 1e-3, "max_epochs": 100, "image_size": 224, "classes": "all",
+                  "augment": _AUGMENT},
+        "rsna": {"batch_size": 16, "lr": 1e-3, "max_epochs": 100, "image_size": 224, "classes": "all",
+                 "augment": _AUGMENT},
+        "demo": {"batch_size": 16, "lr": {"finetune": 3e-4, "frozen": 1e-3},
+                 "max_epochs": {"finetune": 20, "frozen": 100}, "image_size": 128, "augment": _AUGMENT,
                  "classes": ["Cardiomegaly", "Consolidation", "Effusion", "Mass", "Pneumothorax"]},
     },
     "segment": {
@@ -114,7 +116,9 @@ DEFAULT_NOTES: dict[str, str] = {
 def check_protocol(protocol: str) -> str:
     """``protocol`` if it is ``frozen`` or ``finetune``; otherwise a ``ValueError`` naming the choices."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS} (linear probe / decoder only, or full fine-tuning), got {protocol!r}")
+        raise ValueError(
+            f"protocol must be one of {PROTOCOLS} (linear probe / decoder only, or full fine-tuning), got {protocol!r}"
+        )
     return protocol
 
 
@@ -141,7 +145,9 @@ def check_evaluation_data(datalist: str | os.PathLike, model_path: str | os.Path
     if info.kind is ModelKind.CLASSIFIER:
         missing = [c for c in info.class_names or [] if c not in (document.get("class_names") or [])]
         if missing:
-            raise ArtifactError(f"{model_path} predicts {missing}, which {datalist} does not label; evaluate it on its own dataset")
+            raise ArtifactError(
+                f"{model_path} predicts {missing}, which {datalist} does not label; evaluate it on its own dataset"
+            )
     elif info.kind is not ModelKind.SEGMENTER:
         raise ArtifactError(f"{model_path} holds a {info.kind.value}; evaluate.json scores classifiers and segmenters")
 
@@ -236,9 +242,11 @@ class PretrainedSource:
             self.path = _download_encoder(self.spec, self.tracking_uri, self.downloader)
         encoder, info = load_model(self.path, expect=ModelKind.ENCODER)
         if encoder.config != self.config:
-            raise ArtifactError(f"{self.path} holds an encoder of config {encoder.config}, but {self.config} was resolved")
-        self.record = {"pretrained": self.spec, "kind": self.kind, "path": str(self.path), "sha256": sha256_file(self.path),
-                       "config": info.config, "provenance": info.provenance}
+            raise ArtifactError(
+                f"{self.path} holds an encoder of config {encoder.config}, but {self.config} was resolved"
+            )
+        self.record = {"pretrained": self.spec, "kind": self.kind, "path": str(self.path),
+                       "sha256": sha256_file(self.path), "config": info.config, "provenance": info.provenance}
         if self.kind == "mlflow":
             self.record["uri"] = self.spec
         return encoder
@@ -249,7 +257,9 @@ class PretrainedSource:
         encoder = self.fetch()
         if encoder is not None:
             target = unwrap_model(network).encoder
-            strict_load(target, encoder.state_dict(), f"pretrained encoder {self.path} does not fit the network's encoder")
+            strict_load(
+                target, encoder.state_dict(), f"pretrained encoder {self.path} does not fit the network's encoder"
+            )
         return self.record
 
 
@@ -261,7 +271,9 @@ def _download_encoder(uri: str, tracking_uri: str | None, downloader: Callable[.
     except ArtifactError:
         raise
     except Exception as err:
-        raise ArtifactError(f"cannot fetch the pretrained encoder {uri!r} from MLflow ({type(err).__name__}: {err})") from None
+        raise ArtifactError(
+            f"cannot fetch the pretrained encoder {uri!r} from MLflow ({type(err).__name__}: {err})"
+        ) from None
 
 
 def resolve_pretrained(
@@ -289,7 +301,9 @@ def resolve_pretrained(
     """
     text = os.fspath(pretrained).strip() if isinstance(pretrained, (str, os.PathLike)) else pretrained
     if not isinstance(text, str) or not text:
-        raise ArtifactError(f"pretrained must be a path to encoder.pt, an MLflow model URI or 'none', got {pretrained!r}")
+        raise ArtifactError(
+            f"pretrained must be a path to encoder.pt, an MLflow model URI or 'none', got {pretrained!r}"
+        )
     if text.lower() == PRETRAINED_NONE:
         return PretrainedSource(PRETRAINED_NONE, "none", MLVICXEncoder(levels=list(random_init_levels)).config)
     if text.startswith(MLFLOW_URI_PREFIXES):
@@ -315,13 +329,17 @@ def _registered_encoder_config(uri: str, tracking_uri: str | None) -> dict[str, 
     try:
         from mlvicx_monai.tracking.registry import CONFIG_TAG, RegistryError, resolve_model
     except ImportError as err:
-        raise ArtifactError(f"pretrained={uri!r} is an MLflow URI, but the tracking package cannot be imported ({err})") from None
+        raise ArtifactError(
+            f"pretrained={uri!r} is an MLflow URI, but the tracking package cannot be imported ({err})"
+        ) from None
     try:
         resolved = resolve_model(uri, tracking_uri or None)
     except RegistryError as err:
         raise ArtifactError(f"cannot resolve the pretrained encoder {uri!r}: {err}") from None
     if resolved.kind not in (None, ModelKind.ENCODER.value):
-        raise ArtifactError(f"{uri} is a {resolved.kind}, not a pretrained encoder (e.g. models:/mlvicx-encoder@champion)")
+        raise ArtifactError(
+            f"{uri} is a {resolved.kind}, not a pretrained encoder (e.g. models:/mlvicx-encoder@champion)"
+        )
     tag = resolved.tags.get(CONFIG_TAG)
     return json.loads(tag) if tag else None
 
@@ -393,7 +411,9 @@ class ResumableEarlyStop(EarlyStopHandler):
 
     def _skip_if_stopped(self, engine: Engine) -> None:
         if self.stopped:
-            logger.info("early stopping had already ended this run (epoch %d): not training further", engine.state.epoch)
+            logger.info(
+                "early stopping had already ended this run (epoch %d): not training further", engine.state.epoch
+            )
             engine.terminate()
 
     def __call__(self, engine: Engine) -> None:
@@ -531,9 +551,14 @@ class DownstreamReport:
         strict_load(unwrap_model(self.network), model.state_dict(), f"{model_path} does not fit the bundle's network")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         summary, metrics = self.evaluate()
-        record = {"model": str(model_path), "model_sha256": sha256_file(model_path), "model_provenance": info.provenance,
-                  "evaluation": {k: v for k, v in self.provenance.items() if k != "n_images"}, "test": summary,
-                  "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}}
+        record = {
+            "model": str(model_path),
+            "model_sha256": sha256_file(model_path),
+            "model_provenance": info.provenance,
+            "evaluation": {k: v for k, v in self.provenance.items() if k != "n_images"},
+            "test": summary,
+            "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+        }
         atomic_write_json(self.output_dir / "evaluation.json", json.loads(json.dumps(record, default=str)))
         logger.info("evaluation of %s written to %s", model_path, self.output_dir / "evaluation.json")
         return record
@@ -570,7 +595,9 @@ class DownstreamReport:
             "best_validation": restored["metric"],
             "validation_history": self.validation.history if self.validation is not None else [],
         }
-        self.results = {**provenance, "settings": self.settings, "training": training, "test": summary, "metrics": metrics}
+        self.results = {
+            **provenance, "settings": self.settings, "training": training, "test": summary, "metrics": metrics
+        }
         save_model(
             self.network, self.output_dir / "model.pt", preprocessing=self.preprocessing, class_names=self.class_names,
             threshold=self.threshold,

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.utils import convert_to_tensor
 from ignite.metrics import EpochMetric, Metric
 from ignite.metrics.metric import reinit__is_reduced
+from monai.utils import convert_to_tensor
 
 from mlvicx_monai.metrics import DiceAccumulator, mean_auc
 
@@ -56,7 +56,11 @@ class DiceScore(Metric):
     """
 
     def __init__(
-        self, kind: str = "mean", threshold: float = 0.5, output_transform: Callable = batch_output, device: str | torch.device = "cpu"
+        self,
+        kind: str = "mean",
+        threshold: float = 0.5,
+        output_transform: Callable = batch_output,
+        device: str | torch.device = "cpu",
     ) -> None:
         if kind not in ("mean", "global"):
             raise ValueError(f"kind must be 'mean' or 'global', got {kind!r}")

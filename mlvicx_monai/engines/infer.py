@@ -124,7 +124,8 @@ def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> 
     path = Path(text)
     if not path.is_file():
         hint = (
-            "train the demo classifier first: `python -m monai.bundle run --config_file bundles/mlvicx_cxr/configs/classify.json`"
+            "train the demo classifier first: "
+            "`python -m monai.bundle run --config_file bundles/mlvicx_cxr/configs/classify.json`"
             if path.parent.name == "classify"
             else "train one with the classify.json or segment.json bundle (they write output_dir/model.pt)"
         )
@@ -138,7 +139,9 @@ def input_folder(input_dir: str | os.PathLike, demo_dir: str | os.PathLike) -> P
     return Path(demo_dir) / "export" if os.fspath(input_dir) == DEMO_INPUT else Path(input_dir)
 
 
-def prepare_input(input_dir: str | os.PathLike, demo_dir: str | os.PathLike, n_images: int = 16, seed: int = 0, size: int = 256) -> Path:
+def prepare_input(
+    input_dir: str | os.PathLike, demo_dir: str | os.PathLike, n_images: int = 16, seed: int = 0, size: int = 256
+) -> Path:
     """The folder to process: ``input_dir``, or for ``"demo"`` the synthetic PACS export under ``demo_dir``
     (``write_layout("pacs", ...)``: PHI in headers and folder names, broken and non-chest files), generated
     on first use.
@@ -193,7 +196,8 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 def _resize(array: np.ndarray, rows: int, cols: int, resample: Image.Resampling) -> np.ndarray:
-    return np.asarray(Image.fromarray(np.ascontiguousarray(array, dtype=np.float32)).resize((cols, rows), resample), dtype=np.float32)
+    picture = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))
+    return np.asarray(picture.resize((cols, rows), resample), dtype=np.float32)
 
 
 def source_policy(
@@ -257,7 +261,9 @@ class RadiographFolder(Dataset):
             try:
                 walked = walk_tree(self.root)
             except OSError as err:
-                raise InputError(f"input folder cannot be listed ({err.strerror or err}); check its permissions") from None
+                raise InputError(
+                    f"input folder cannot be listed ({err.strerror or err}); check its permissions"
+                ) from None
             if not walked.files and not walked.problems:
                 raise InputError(f"{self.root} holds no file")
             self._walk = walked
@@ -349,7 +355,8 @@ class CXRInference(SupervisedEvaluator):
         self.class_names = list(model_info.class_names)
         self.top_k = min(top_k, len(self.class_names))
         self.min_probability = float(min_probability)
-        self.gradcam_layer = network.gradcam_target_layer if gradcam_layer == "auto" and self.kind == "classifier" else gradcam_layer
+        auto_layer = gradcam_layer == "auto" and self.kind == "classifier"
+        self.gradcam_layer = network.gradcam_target_layer if auto_layer else gradcam_layer
         self.save_heatmaps = save_heatmaps
         inputs = [dataset.root]
         self.phi_path_map = check_path_map(phi_path_map, [self.output_dir], inputs) if phi_path_map else None
@@ -418,7 +425,9 @@ class CXRInference(SupervisedEvaluator):
         if self._cam is None:
             from monai.visualize import GradCAM
 
-            self._cam = GradCAM(nn_module=self.network, target_layers=self.gradcam_layer, postprocessing=gradcam_normalizer)
+            self._cam = GradCAM(
+                nn_module=self.network, target_layers=self.gradcam_layer, postprocessing=gradcam_normalizer
+            )
         heat = self._cam(x.detach().clone().requires_grad_(True), class_idx=int(class_idx))[0, 0].detach().cpu().numpy()
         return _resize(heat, shape[0], shape[1], Image.Resampling.BILINEAR)
 
@@ -504,7 +513,10 @@ class CXRInference(SupervisedEvaluator):
                 image = np.asarray(item["image"], dtype=np.float32)
                 display = self.display_image(image)
                 x = self.network_input(display)
-                row = self._classify(item, x, display) if self.kind == "classifier" else self._segment({**item, "image": image}, x)
+                if self.kind == "classifier":
+                    row = self._classify(item, x, display)
+                else:
+                    row = self._segment({**item, "image": image}, x)
                 self._done[ident] = (key, item["pixels"])
                 self._rows[ident] = row
                 return row

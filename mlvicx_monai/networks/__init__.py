@@ -5,13 +5,13 @@ Importing this package registers the MLVICX backbones with MONAI's ``FlexibleUNe
 """
 
 from .aggregator import MultiLevelAggregator, resize_pool_matrix
+from .artifacts import ArtifactError, ArtifactInfo, ModelKind, load_model, save_model
 from .cbam import ContextBottleneck
+from .classifier import CXRClassifier, build_classifier, resolve_encoder
 from .encoder import LEVEL_CHANNELS, LEVEL_STRIDES, LEVELS, EncoderOutput, MLVICXEncoder
 from .expander import Expander
 from .mlvicx import MLVICX, build_model
-from .classifier import CXRClassifier, build_classifier, resolve_encoder
 from .unet import MLVICX_BACKBONE, MLVICXFlexEncoder, MLVICXUNet, build_segmenter, register_mlvicx_backbone
-from .artifacts import ArtifactError, ArtifactInfo, ModelKind, load_model, save_model
 
 __all__ = [
     "ArtifactError",

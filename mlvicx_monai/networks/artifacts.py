@@ -85,7 +85,9 @@ class ModelKind(str, Enum):
 
     @property
     def model_class(self) -> type[nn.Module]:
-        return {ModelKind.ENCODER: MLVICXEncoder, ModelKind.CLASSIFIER: CXRClassifier, ModelKind.SEGMENTER: MLVICXUNet}[self]
+        return {
+            ModelKind.ENCODER: MLVICXEncoder, ModelKind.CLASSIFIER: CXRClassifier, ModelKind.SEGMENTER: MLVICXUNet
+        }[self]
 
     @property
     def file_name(self) -> str:
@@ -289,7 +291,9 @@ def save_model(
         preprocessing = Preprocessing.from_dict(preprocessing)
     config = module.config
     state_dict = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    strict_load(build_model(kind, config), state_dict, f"{type(module).__name__} does not rebuild from its config {config}")
+    strict_load(
+        build_model(kind, config), state_dict, f"{type(module).__name__} does not rebuild from its config {config}"
+    )
     state = {
         "format": ARTIFACT_FORMAT,
         "kind": kind.value,
@@ -311,10 +315,12 @@ def _legacy(state: Mapping[str, Any], fmt: str) -> dict[str, Any]:
     norm, size = state.get("normalization"), state.get("image_size")
     preprocessing = None
     if norm and size:
-        preprocessing = Preprocessing(int(size), float(norm["mean"]), float(norm["std"]), state.get("source_size")).to_dict()
+        preprocessing = Preprocessing(
+            int(size), float(norm["mean"]), float(norm["std"]), state.get("source_size")
+        ).to_dict()
     return {"kind": state.get("kind"), "config": state.get("config"), "state_dict": state.get("state_dict"),
-            "preprocessing": preprocessing, "class_names": state.get("class_names"), "threshold": state.get("threshold"),
-            "provenance": state.get("provenance") or {}}
+            "preprocessing": preprocessing, "class_names": state.get("class_names"),
+            "threshold": state.get("threshold"), "provenance": state.get("provenance") or {}}
 
 
 def _parse(file: Path, state: Any) -> tuple[ArtifactInfo, dict[str, torch.Tensor]]:
@@ -335,7 +341,9 @@ def _parse(file: Path, state: Any) -> tuple[ArtifactInfo, dict[str, torch.Tensor
     try:
         kind = ModelKind(state["kind"])
     except ValueError:
-        raise ArtifactError(f"{file} has kind {state['kind']!r}; expected one of {[k.value for k in ModelKind]}") from None
+        raise ArtifactError(
+            f"{file} has kind {state['kind']!r}; expected one of {[k.value for k in ModelKind]}"
+        ) from None
     try:
         preprocessing = Preprocessing.from_dict(state["preprocessing"]) if state.get("preprocessing") else None
     except (TypeError, ValueError) as err:
@@ -349,7 +357,9 @@ def _parse(file: Path, state: Any) -> tuple[ArtifactInfo, dict[str, torch.Tensor
     return info, state["state_dict"]
 
 
-def read_artifact(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[ArtifactInfo, dict[str, torch.Tensor]]:
+def read_artifact(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[ArtifactInfo, dict[str, torch.Tensor]]:
     """``(info, state_dict)`` of an artifact, without building the model.
 
     Raises:

@@ -105,7 +105,8 @@ def _check_encoder(encoder: Any) -> None:
 class CXRClassifier(FrozenEncoderMixin, nn.Module):
     """MLVICX encoder + one linear layer on the pooled 512-d representation.
 
-    ``logits = head(dropout(encoder(x)))`` (``encoder(x)`` is the pooled ``[B, 512]``); the encoder keeps its context-bottleneck blocks.
+    ``logits = head(dropout(encoder(x)))`` (``encoder(x)`` is the pooled ``[B, 512]``); the encoder keeps its
+    context-bottleneck blocks.
 
     Args:
         encoder: the (pretrained) :class:`MLVICXEncoder`; used as is, not copied.

@@ -81,7 +81,9 @@ class MLVICXEncoder(ResNet):
             raise ValueError(f"unknown encoder level(s) {unknown}; choose from {LEVELS}.")
         if len(set(levels)) != len(levels):
             raise ValueError(f"duplicate encoder levels in {levels}.")
-        for name, value in (("in_channels", in_channels), ("reduction", reduction), ("spatial_kernel_size", spatial_kernel_size)):
+        for name, value in (
+            ("in_channels", in_channels), ("reduction", reduction), ("spatial_kernel_size", spatial_kernel_size)
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         super().__init__(

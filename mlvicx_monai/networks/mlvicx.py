@@ -136,7 +136,10 @@ def build_model(name: str = "mlvicx", **kwargs: Any) -> MLVICX:
                 raise ValueError(f"build_model('vicreg') fixes {arg}={value!r}; got {kwargs[arg]!r} (use 'mlvicx').")
         if kwargs.get("encoder") is not None:
             if kwargs["encoder"].levels:
-                raise ValueError(f"build_model('vicreg') needs an encoder without context blocks, got levels {kwargs['encoder'].levels}.")
+                raise ValueError(
+                    "build_model('vicreg') needs an encoder without context blocks, "
+                    f"got levels {kwargs['encoder'].levels}."
+                )
             kwargs.update(multilevel=False)
         else:
             kwargs.update(encoder_levels=(), multilevel=False)

@@ -207,7 +207,9 @@ class MLVICXUNet(FrozenEncoderMixin, FlexibleUNet):
     """
 
     __jit_unused_properties__ = ["config", "freeze_encoder"]
-    _CONFIG_KEYS = ("encoder", "out_channels", "freeze_encoder", "decoder_channels", "dropout", "upsample", "interp_mode")
+    _CONFIG_KEYS = (
+        "encoder", "out_channels", "freeze_encoder", "decoder_channels", "dropout", "upsample", "interp_mode"
+    )
 
     def __init__(
         self,

@@ -7,8 +7,9 @@ Text images: clean radiographs (the project's phantom at several sizes, and the 
 name (Latin, accented, Cyrillic), a birth date or study date in several formats, an id; in several fonts (Debian's
 DejaVu Sans / Serif / Mono / Condensed, bold or not, and Pillow's built-in fonts), heights of 1-4 % of the image
 but at least 10 px (smaller text is unreadable on a screen; modalities burn labels at a readable pixel size),
-and contrasts against the local background (0.6, 0.35, 0.25 of the display range, or black text on a white box). Clean images: the phantom (many
-seeds and sizes) and the real radiographs (RG3 carries a lead "R" marker, which must not count as text). Prints
+and contrasts against the local background (0.6, 0.35, 0.25 of the display range, or black text on a white box).
+Clean images: the phantom (many seeds and sizes) and the real radiographs (RG3 carries a lead "R" marker, which
+must not count as text). Prints
 both rates, per condition, and the detector's time per image.
 """
 
@@ -25,7 +26,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSansCondensed.ttf")
+FONT_FILES = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSansCondensed.ttf"
+)
 LABELS = (
     "DOE^JOHN  1961-03-04",
     "MÜLLER, JÜRGEN",
@@ -43,7 +46,11 @@ CONTRASTS = {"high": 0.6, "medium": 0.35, "low": 0.25, "boxed": None}
 
 def fonts() -> list[tuple[str, object]]:
     """(name, factory(size) -> ImageFont) of every font available here."""
-    out = [(f, lambda size, f=f: ImageFont.truetype(str(FONT_DIR / f), size)) for f in FONT_FILES if (FONT_DIR / f).is_file()]
+    out = [
+        (f, lambda size, f=f: ImageFont.truetype(str(FONT_DIR / f), size))
+        for f in FONT_FILES
+        if (FONT_DIR / f).is_file()
+    ]
     out.append(("pillow-default", lambda size: ImageFont.load_default(size=size)))
     return out
 
@@ -135,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"false positives: {len(false_positives)} / {n_clean} = {len(false_positives) / n_clean:.1%}"
           + (f"  ({', '.join(false_positives)})" if false_positives else ""))
     total = hits["all"]
-    print(f"text images: {len(total)} (on the real radiographs and phantoms at sides {args.sizes}); detected: {sum(total)} / {len(total)} = {sum(total) / len(total):.1%}")
+    print(f"text images: {len(total)} (on the real radiographs and phantoms at sides {args.sizes}); "
+          f"detected: {sum(total)} / {len(total)} = {sum(total) / len(total):.1%}")
     for key in sorted(k for k in hits if k != "all"):
         values = hits[key]
         print(f"  {key:<36} {sum(values):>4} / {len(values):<4} = {sum(values) / len(values):6.1%}")

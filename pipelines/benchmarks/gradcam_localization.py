@@ -43,12 +43,18 @@ def _border(shape: tuple[int, int], fraction: float = 0.1) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.benchmarks.gradcam_localization", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="runs/classify/model.pt", help="a classifier model.pt (bundles/classify.json)")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.benchmarks.gradcam_localization", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--model", default="runs/classify/model.pt", help="a classifier model.pt (bundles/classify.json)"
+    )
     parser.add_argument("--n", type=int, default=24, help="keepable images in the synthetic export")
     parser.add_argument("--seed", type=int, default=7, help="seed of the export (use one the model was not trained on)")
     parser.add_argument("--size", type=int, default=256, help="nominal image side of the export")
-    parser.add_argument("--layer", default="auto", help="Grad-CAM target layer (infer.json's gradcam_layer; auto = the refined layer4)")
+    parser.add_argument(
+        "--layer", default="auto", help="Grad-CAM target layer (infer.json's gradcam_layer; auto = the refined layer4)"
+    )
     parser.add_argument("--save-dir", type=Path, default=None, help="write overlays with the truth boxes here")
     args = parser.parse_args(argv)
 
@@ -62,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tmp)
         write_layout("pacs", root / "pacs", n=args.n, seed=args.seed, size=args.size, overwrite=True)
         truth = json.loads((root / "pacs" / "truth.json").read_text())
-        job = CXRInference.from_paths(root / "pacs" / "export", args.model, root / "out", gradcam_layer=args.layer, deid_secret=root / "secret", new_secret=True)
+        job = CXRInference.from_paths(
+            root / "pacs" / "export", args.model, root / "out", gradcam_layer=args.layer,
+            deid_secret=root / "secret", new_secret=True,
+        )
         classes = {c.lower(): k for k, c in enumerate(job.class_names)}
         records = []
         for entry in truth["files"]:
@@ -97,16 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"{'image':<16} {'finding':<14} {'hit':>4} {'box area':>9} {'energy x':>9} {'border x':>9}")
     for r in records:
-        print(f"{r['image']:<16} {r['finding']:<14} {int(r['hit']):>4} {r['area']:>9.3f} {r['energy_ratio']:>9.2f} {r['border_ratio']:>9.2f}")
+        print(f"{r['image']:<16} {r['finding']:<14} {int(r['hit']):>4} {r['area']:>9.3f} "
+              f"{r['energy_ratio']:>9.2f} {r['border_ratio']:>9.2f}")
     hits = np.array([r["hit"] for r in records])
     print(f"\n{len(records)} (image, finding) pairs over {len({r['image'] for r in records})} images")
     print(f"pointing game: {hits.mean():.2f} (chance {np.mean([r['area'] for r in records]):.2f})")
     for finding in sorted({r["finding"] for r in records}):
         sub = [r for r in records if r["finding"] == finding]
         print(f"  {finding:<14} n={len(sub):<3} hits {np.mean([r['hit'] for r in sub]):.2f}  "
-              f"energy x {np.median([r['energy_ratio'] for r in sub]):.2f} (median)  chance {np.mean([r['area'] for r in sub]):.2f}")
+              f"energy x {np.median([r['energy_ratio'] for r in sub]):.2f} (median)  "
+              f"chance {np.mean([r['area'] for r in sub]):.2f}")
     print(f"energy inside boxes / their area: median {np.median([r['energy_ratio'] for r in records]):.2f} (1 = none)")
-    print(f"border band heat / mean heat: median {np.median([r['border_ratio'] for r in records]):.2f} (> 1: border artefact)")
+    print(f"border band heat / mean heat: median {np.median([r['border_ratio'] for r in records]):.2f} "
+          "(> 1: border artefact)")
     return 0
 
 

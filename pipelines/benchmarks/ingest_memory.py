@@ -4,7 +4,8 @@
 
 Writes, in a temporary folder, the bombs of the hostile test corpus (a ~130 KB deflated file that inflates to
 8000 x 8000 x 16 bit; 1.5 MB of RLE data under a header claiming 40000 x 40000), deflated bombs the default header
-cap of 48 MiB admits (4096 x 4096 and 4900 x 4900, 16 bit) and one just over it (5600 x 5600), and the real 1955 x 1841 ``RG1_UNCR.dcm``. For each file,
+cap of 48 MiB admits (4096 x 4096 and 4900 x 4900, 16 bit) and one just over it (5600 x 5600), and the real
+1955 x 1841 ``RG1_UNCR.dcm``. For each file,
 in a fresh process each: the peak RSS (``ru_maxrss``) of ``read_dicom`` alone, of ``read_dicom + decode_cxr``, and of
 the whole per-file work of ingestion (``read_source``: header cap, filter, decoding, burned-in text detector, pixel
 hash), above an idle interpreter with the same imports. Then one ``python -m pipelines.ingest --workers 2`` of a
@@ -104,14 +105,16 @@ def main(argv: list[str] | None = None) -> int:
             ramp = Path(tmp) / "ramp8000"
             _deflate_bomb(ramp, 6, 8000, 8000, ramp=True)
             r = _measure("decode_cxr", ramp, 0)
-            print(f"  without the cap, decode_cxr of an 8000x8000 deflated file ({ramp.stat().st_size / 2**20:.1f} MB): "
+            print("  without the cap, decode_cxr of an 8000x8000 deflated file "
+                  f"({ramp.stat().st_size / 2**20:.1f} MB): "
                   f"{r['peak_mib']:.0f} MiB ({r['outcome']})")
 
         out = Path(tmp) / "out"
         secret = Path(tmp) / "secret"
-        done = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--dataset", "pacs", "--src", str(src), "--out",
-                               str(out), "--workers", "2", "--secret-file", str(secret), "--new-secret", "--no-progress",
-                               "--max-pixel-mb", str(args.max_pixel_mb)], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--dataset", "pacs", "--src", str(src),
+                               "--out", str(out), "--workers", "2", "--secret-file", str(secret), "--new-secret",
+                               "--no-progress", "--max-pixel-mb", str(args.max_pixel_mb)],
+                              capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         match = re.search(r"peak RSS per worker process: ([\d, ]+) MiB", done.stderr)
         summary = json.loads(done.stdout[: done.stdout.rindex("}") + 1]) if done.returncode == 0 else {}

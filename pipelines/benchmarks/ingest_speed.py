@@ -107,8 +107,8 @@ def _run_one(src: Path, out: Path, workers: int, size: int, secret: Path) -> Non
     """Child process: one ingestion with whichever ``mlvicx_monai`` is on the path; prints ``RESULT {json}``."""
     from mlvicx_monai.data.ingest import IngestConfig, ingest
 
-    cfg = IngestConfig(dataset="pacs", src=src, out=out, size=size, workers=workers, secret_file=secret, new_secret=True,
-                       progress=False)
+    cfg = IngestConfig(dataset="pacs", src=src, out=out, size=size, workers=workers, secret_file=secret,
+                       new_secret=True, progress=False)
     cpu0 = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
     start_ns = time.time_ns()
     start = time.perf_counter()
@@ -213,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "--_one":
         _run_one(Path(argv[1]), Path(argv[2]), int(argv[3]), int(argv[4]), Path(argv[5]))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m pipelines.benchmarks.ingest_speed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.benchmarks.ingest_speed", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--copies", type=int, default=24, help="copies of RG1_UNCR.dcm")
     parser.add_argument("--pacs-n", type=int, default=24, help="keepable images of the phantom PACS export")
     parser.add_argument("--pacs-size", type=int, default=1024, help="nominal side of the phantom images (px)")
@@ -283,9 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rss = "" if label == "dcm2pnm" else (
                     f"{_median([row['rss_main_mib'] for row in rows]):.0f} / "
                     + (f"{_median([row['rss_worker_mib'] for row in rows]):.0f}" if workers > 1 else "-"))
-                tool = "dcm2pnm, 1 process" if label == "dcm2pnm" else f"ingest, {workers} worker{'s' if workers > 1 else ''}"
+                plural = "s" if workers > 1 else ""
+                tool = "dcm2pnm, 1 process" if label == "dcm2pnm" else f"ingest, {workers} worker{plural}"
                 print(f"{name:<13} {len(files):>5}  {'' if label == 'dcm2pnm' else label:<10} {tool:<20} "
-                      f"{_median([row['rate'] for row in rows]):>8.1f} {ratio:>9.2f} {steady:>7} {scaling:>7} {ends:>11} "
+                      f"{_median([row['rate'] for row in rows]):>8.1f} {ratio:>9.2f} {steady:>7} {scaling:>7} "
+                      f"{ends:>11} "
                       f"{1000 * _median([row['cpu_seconds'] for row in rows]) / len(files):>11.1f} {rss:>19}")
         double = work / "rg1x2"
         _unique_copies(Path(rg1), double, 2 * args.copies)

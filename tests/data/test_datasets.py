@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlvicx_monai.data.datasets import ADAPTER_NAMES, DatasetError, find_label_file, get_adapter
-from mlvicx_monai.data.datasets import nih, rsna, siim, vindr
+from mlvicx_monai.data.datasets import ADAPTER_NAMES, DatasetError, find_label_file, get_adapter, nih, rsna, siim, vindr
 from mlvicx_monai.data.rle import rle_decode, rle_encode, rle_merge
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference-labels"

@@ -745,7 +745,11 @@ def test_pydicom_apply_modality_lut_still_fails_on_12_bit_descriptors():
 
 @pytest.mark.parametrize(
     "function, center, width",
-    [(f, c, w) for f in ("LINEAR", "LINEAR_EXACT") for c, w in ((2047.5, 4096.0), (100.0, 1.0), (-500.0, 1500.0), (0.0, 2.0))]
+    [
+        (f, c, w)
+        for f in ("LINEAR", "LINEAR_EXACT")
+        for c, w in ((2047.5, 4096.0), (100.0, 1.0), (-500.0, 1500.0), (0.0, 2.0))
+    ]
     + [("LINEAR_EXACT", 7.3, 0.4)],  # LINEAR requires a width >= 1 (PS3.3 C.11.2.1.2)
 )
 def test_linear_windows_equal_pydicoms_apply_windowing(function, center, width):
@@ -755,10 +759,11 @@ def test_linear_windows_equal_pydicoms_apply_windowing(function, center, width):
     from mlvicx_monai.data.dicom import _linear_window
 
     values = np.concatenate([np.linspace(center - 2 * width - 3, center + 2 * width + 3, 2001),
-                             [center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2, center, center - width / 2,
-                              center + width / 2, center - 0.5]])
+                             [center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2, center,
+                              center - width / 2, center + width / 2, center - 0.5]])
     voi = Dataset()
     voi.PhotometricInterpretation, voi.BitsStored, voi.PixelRepresentation = "MONOCHROME2", 1, 0
     voi.WindowCenter, voi.WindowWidth, voi.VOILUTFunction = center, width, function
     expected = apply_windowing(values.copy(), voi)
-    np.testing.assert_allclose(_linear_window(values, center, width, exact=function == "LINEAR_EXACT"), expected, rtol=0, atol=1e-12)
+    windowed = _linear_window(values, center, width, exact=function == "LINEAR_EXACT")
+    np.testing.assert_allclose(windowed, expected, rtol=0, atol=1e-12)

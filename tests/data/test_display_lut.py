@@ -106,7 +106,9 @@ def test_non_monotone_modality_lut_min_max_over_the_values_that_occur():
     image, meta = decode_cxr(ds, "mlut.dcm")
     expected, _ = per_pixel(ds)
     assert meta.voi == "minmax" and np.array_equal(image, expected)
-    np.testing.assert_allclose(image, (stored // 2 - stored.min() // 2) / (stored.max() // 2 - stored.min() // 2), atol=1e-6)
+    np.testing.assert_allclose(
+        image, (stored // 2 - stored.min() // 2) / (stored.max() // 2 - stored.min() // 2), atol=1e-6
+    )
     assert table[stored.min() : stored.max() + 1].max() == 4000  # the stored range alone would have been wrong
 
 

@@ -3,7 +3,8 @@
 Each good image is ingested once with its own pixels, every other entry gets a quarantine / errors row with the
 right code (one code set for both jobs), a dead worker costs one file, and no canary planted in any PHI field or
 folder name appears in any output file, output file name, stdout, stderr or log, for
-``python -m pipelines.ingest --dataset pacs`` and ``python -m monai.bundle run --config_file bundles/mlvicx_cxr/configs/inference.json``.
+``python -m pipelines.ingest --dataset pacs`` and
+``python -m monai.bundle run --config_file bundles/mlvicx_cxr/configs/inference.json``.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def test_inference_on_the_hostile_export(corpus, secret, ingested, tmp_path):
     model = save_model(build_classifier({}, 2), tmp_path / "model.pt", class_names=["Effusion", "Mass"], threshold=0.5,
                        preprocessing=Preprocessing(64, mean=0.5, std=0.25, source_size=64))
     out = tmp_path / "infer"
-    result = _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/mlvicx_cxr/configs/inference.json", "--dataset_dir",
+    result = _run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                   "bundles/mlvicx_cxr/configs/inference.json", "--dataset_dir",
                    str(corpus.root), "--model", str(model), "--output_dir", str(out), "--deid_secret", str(secret),
                    "--min_probability", "0.0", "--top_k", "1", "--device", "cpu"], corpus.unprivileged)
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]

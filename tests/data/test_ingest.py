@@ -177,7 +177,8 @@ def test_pacs_ingest_survives_sigkill_and_resumes_to_the_same_outputs(pacs, pacs
 
 def test_rerun_with_other_settings_is_refused(pacs, pacs_ingested, secret):
     with pytest.raises(IngestError, match="different settings"):
-        ingest(IngestConfig("pacs", pacs / "export", pacs_ingested, size=128, workers=1, secret_file=secret, progress=False))
+        ingest(IngestConfig("pacs", pacs / "export", pacs_ingested, size=128, workers=1, secret_file=secret,
+                            progress=False))
 
 
 def test_bad_arguments_are_explained(pacs, secret, tmp_path):
@@ -201,7 +202,8 @@ def test_nih_layout_labels_and_official_split(tmp_path, secret):
     entries = {e["id"]: e for key in ("training", "validation", "test") for e in document[key]}
     assert {e["id"] for e in document["test"]} == set(entries) & test_ids
     assert all(Path(e["image"]).name == e["id"] for e in document["training"])  # 00000001_000.png, no double suffix
-    table = {row["Image Index"]: row["Finding Labels"] for row in csv.DictReader(open(src / "Data_Entry_2017_v2020.csv"))}
+    with open(src / "Data_Entry_2017_v2020.csv") as handle:
+        table = {row["Image Index"]: row["Finding Labels"] for row in csv.DictReader(handle)}
     names = document["class_names"]
     for image_id, entry in entries.items():
         expected = {n for n in table[image_id].split("|") if n != "No Finding"}

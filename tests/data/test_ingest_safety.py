@@ -158,7 +158,8 @@ def test_conflicting_resend_is_quarantined_and_true_resend_ingested_once(tmp_pat
     with open(out / "quarantine.csv", newline="") as handle:
         rows = {r["file"]: r["code"] for r in csv.DictReader(handle)}
     assert rows == {file_pseudonym(pseudo, "A/IMG1"): "conflicting_resend",
-                    file_pseudonym(pseudo, "B/IMG1"): "conflicting_resend", file_pseudonym(pseudo, "D/IMG1"): "duplicate"}
+                    file_pseudonym(pseudo, "B/IMG1"): "conflicting_resend",
+                    file_pseudonym(pseudo, "D/IMG1"): "duplicate"}
     entry = next(e for k in ("training", "validation", "test") for e in read_datalist(out)[k])
     cached = np.asarray(Image.open(out / entry["image"]), dtype=np.float64)
     own = np.asarray(Image.fromarray(_pixels(72).astype(np.float32)).resize((32, 32), Image.Resampling.BOX))

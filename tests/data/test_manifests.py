@@ -164,7 +164,9 @@ def test_check_detects_leakage_and_bad_counts(tmp_path):
     first_train = leaked.index[leaked["split"] == "train"][0]
     leaked.loc[first_test, "patient_id"] = leaked.loc[first_train, "patient_id"]
     folder = write_manifest(tmp_path / "vindr" / "v1", meta, leaked)
-    with pytest.raises(LeakageError, match=r"^1 patients \(2 images\) occur in more than one split \[test & train: 1\]"):
+    with pytest.raises(
+        LeakageError, match=r"^1 patients \(2 images\) occur in more than one split \[test & train: 1\]"
+    ):
         check_manifest(folder)
     ok = leaked.copy()
     ok.loc[first_test, "patient_id"] = ok.loc[first_test, "image_id"]

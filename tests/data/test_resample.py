@@ -19,7 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def pillow_lanczos(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(np.asarray(image, dtype=np.float32)).resize((cols, rows), Image.Resampling.LANCZOS))
+    picture = Image.fromarray(np.asarray(image, dtype=np.float32))
+    return np.asarray(picture.resize((cols, rows), Image.Resampling.LANCZOS))
 
 
 @pytest.mark.parametrize(

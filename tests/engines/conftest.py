@@ -68,7 +68,9 @@ def run_bundle(work) -> Callable[..., subprocess.CompletedProcess]:
 
     def run(config: str, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *map(str, args)]
-        result = subprocess.run(command, cwd=REPO, env=bundle_env(work), capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            command, cwd=REPO, env=bundle_env(work), capture_output=True, text=True, timeout=timeout
+        )
         if check and result.returncode != 0:
             pytest.fail(f"{config} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
         return result

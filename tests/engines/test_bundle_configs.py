@@ -69,7 +69,8 @@ def test_infer_workflow_has_the_standard_properties(tmp_path: Path) -> None:
                               deid_secret=str(tmp_path / "s.secret"), new_secret=True)
     workflow.initialize()
     assert workflow.check_properties() == []
-    assert isinstance(workflow.evaluator, SupervisedEvaluator) and workflow.evaluator.network is workflow.parser.get_parsed_content("network")
+    assert isinstance(workflow.evaluator, SupervisedEvaluator)
+    assert workflow.evaluator.network is workflow.parser.get_parsed_content("network")
     assert len(workflow.dataset) > 0 and workflow.evaluator.inferer is workflow.inferer
     summary = workflow.evaluator.run()
     assert summary["images"] > 0 and (tmp_path / "out" / "predictions.csv").is_file()
@@ -86,7 +87,11 @@ def test_metadata_verifies_offline() -> None:
 
 @pytest.mark.parametrize(
     "config, meta",
-    [("pretrain.json", []), ("classify.json", ["metadata_classifier.json"]), ("segment.json", ["metadata_segmenter.json"])],
+    [
+        ("pretrain.json", []),
+        ("classify.json", ["metadata_classifier.json"]),
+        ("segment.json", ["metadata_segmenter.json"]),
+    ],
 )
 def test_verify_net_in_out(config: str, meta: list[str], tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # resolving network_def must not need (or write) anything in the working directory
@@ -150,7 +155,8 @@ def test_overrides_and_dataset_names_are_checked(tmp_path: Path) -> None:
         check_invocation([*argv, "--track", "false"], install_error_hook=False)
     with pytest.raises(BundleInvocationError, match="--tracking is not supported"):
         check_invocation([*argv, "--tracking", "mlflow"], install_error_hook=False)
-    overlay = [*MONAI_RUN, "--config_file", str([str(CONFIGS / "pretrain.json"), str(CONFIGS / "multi_gpu_train.json")])]
+    overlay_files = [str(CONFIGS / "pretrain.json"), str(CONFIGS / "multi_gpu_train.json")]
+    overlay = [*MONAI_RUN, "--config_file", str(overlay_files)]
     assert check_invocation([*overlay, "--sync_bn", "True"], install_error_hook=False) is not None  # overlay keys count
     assert check_invocation(["pytest"], install_error_hook=False) is None  # not a bundle run: nothing to check
     parser = _parser("classify.json", dataset="nih2")
@@ -193,11 +199,14 @@ def _private_secret(tmp_path: Path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("config, kind", [("classify.json", "classifier"), ("segment.json", "segmenter")])
-def test_evaluate_overlay_scores_a_saved_model_without_training(config: str, kind: str, tiny_demo: Path, tmp_path: Path) -> None:
+def test_evaluate_overlay_scores_a_saved_model_without_training(
+    config: str, kind: str, tiny_demo: Path, tmp_path: Path
+) -> None:
     layout = "siim" if kind == "segmenter" else "nih"
     network = (build_segmenter({}, decoder_channels=(32, 16, 16, 8, 8)) if kind == "segmenter"
                else build_classifier({}, 5))
-    names = ["Pneumothorax"] if kind == "segmenter" else ["Cardiomegaly", "Consolidation", "Effusion", "Mass", "Pneumothorax"]
+    classes = ["Cardiomegaly", "Consolidation", "Effusion", "Mass", "Pneumothorax"]
+    names = ["Pneumothorax"] if kind == "segmenter" else classes
     save_model(network, tmp_path / "model.pt", class_names=names, threshold=0.5,
                preprocessing=Preprocessing(64, source_size=64))
     workflow = ConfigWorkflow(config_file=[str(CONFIGS / config), str(CONFIGS / "evaluate.json")], meta_file=META,
@@ -206,5 +215,6 @@ def test_evaluate_overlay_scores_a_saved_model_without_training(config: str, kin
     workflow.initialize()
     (record,) = workflow.run()
     evaluation = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
-    assert evaluation["model"] == str(tmp_path / "model.pt") and evaluation["test"] == json.loads(json.dumps(record["test"]))
+    assert evaluation["model"] == str(tmp_path / "model.pt")
+    assert evaluation["test"] == json.loads(json.dumps(record["test"]))
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoints").exists()  # nothing trained

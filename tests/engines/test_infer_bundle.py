@@ -1,4 +1,5 @@
-"""The inference bundle (bundles/mlvicx_cxr/configs/inference.json) on a synthetic PACS export with PHI: de-identified predictions, heat maps, errors listed."""
+"""The inference bundle (bundles/mlvicx_cxr/configs/inference.json) on a synthetic PACS export with PHI:
+de-identified predictions, heat maps, errors listed."""
 
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ def test_infer_bundle_writes_deidentified_predictions_heatmaps_and_errors(export
     predictions = _rows(out / "predictions.csv")
     errors = _rows(out / "errors.csv")
     # inference judges a file by its content: the PNG the ingestion rejects for being renamed .dcm is an image here
-    png_as_dcm = [f for f in truth["files"] if f["outcome"] == "reject" and f.get("detail", "").startswith("PNG picture")]
+    png_as_dcm = [
+        f for f in truth["files"] if f["outcome"] == "reject" and f.get("detail", "").startswith("PNG picture")
+    ]
     rejects = [f for f in truth["files"] if f["outcome"] == "reject" and f not in png_as_dcm]
     keeps = [f for f in truth["files"] if f["outcome"] == "keep"]
     assert len(png_as_dcm) == 1
@@ -94,7 +97,9 @@ def test_infer_bundle_writes_deidentified_predictions_heatmaps_and_errors(export
 def test_segmenter_writes_mask_png_and_nifti_per_image(tmp_path):
     torch.manual_seed(0)
     unet = MLVICXUNet(decoder_channels=(32, 16, 16, 8, 8))
-    model = save_model(unet, tmp_path / "seg.pt", class_names=["Pneumothorax"], threshold=0.5, preprocessing=Preprocessing(64))
+    model = save_model(
+        unet, tmp_path / "seg.pt", class_names=["Pneumothorax"], threshold=0.5, preprocessing=Preprocessing(64)
+    )
     folder = tmp_path / "in"
     folder.mkdir()
     for i, size in enumerate((70, 90)):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from monai.transforms import Compose
 from PIL import Image
 
 from mlvicx_monai.data.ingest import cache_image
@@ -25,8 +26,6 @@ from mlvicx_monai.networks.artifacts import (
     unwrap_model,
     write_torch_file,
 )
-from monai.transforms import Compose
-
 from mlvicx_monai.transforms import Preprocessing
 
 PREP = Preprocessing(image_size=64, mean=0.4, std=0.3, source_size=96)
@@ -53,9 +52,11 @@ def _models() -> dict[ModelKind, nn.Module]:
 @pytest.mark.parametrize("kind", list(ModelKind))
 def test_round_trip_rebuilds_from_the_stored_config(tmp_path: Path, kind: ModelKind) -> None:
     model = _models()[kind].eval()
-    extra = {} if kind is ModelKind.ENCODER else {"class_names": [f"c{i}" for i in range(3 if kind is ModelKind.CLASSIFIER else 1)],
-                                                  "threshold": 0.3}
-    path = save_model(model, tmp_path / kind.file_name, preprocessing=PREP, provenance={"seed": 7, "odd": Path("x")}, **extra)
+    n_classes = 3 if kind is ModelKind.CLASSIFIER else 1
+    extra = {} if kind is ModelKind.ENCODER else {"class_names": [f"c{i}" for i in range(n_classes)], "threshold": 0.3}
+    path = save_model(
+        model, tmp_path / kind.file_name, preprocessing=PREP, provenance={"seed": 7, "odd": Path("x")}, **extra
+    )
     loaded, info = load_model(path, expect=kind)
     assert type(loaded) is type(model) and info.kind is kind and info.format == ARTIFACT_FORMAT
     assert info.config == model.config and info.preprocessing == PREP and info.provenance == {"seed": 7, "odd": "x"}
@@ -169,5 +170,6 @@ def test_inference_chain_is_the_training_chain(tmp_path: Path) -> None:
     inference = PREP.from_decoded()({"image": torch.from_numpy(decoded)[None]})["image"]
     assert training.shape == inference.shape == (1, 64, 64) and training.dtype == inference.dtype == torch.float32
     torch.testing.assert_close(inference, training, rtol=0, atol=0)
-    record = read_artifact(save_model(_models()[ModelKind.ENCODER], tmp_path / "e.pt", preprocessing=PREP))[0].preprocessing
+    saved = save_model(_models()[ModelKind.ENCODER], tmp_path / "e.pt", preprocessing=PREP)
+    record = read_artifact(saved)[0].preprocessing
     assert record == PREP

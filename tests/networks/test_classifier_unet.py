@@ -13,9 +13,9 @@ from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from monai.visualize import GradCAM
 
+from mlvicx_monai.networks.artifacts import ArtifactError, save_model
 from mlvicx_monai.networks.classifier import CXRClassifier, build_classifier
 from mlvicx_monai.networks.encoder import LEVELS, MLVICXEncoder
-from mlvicx_monai.networks.artifacts import ArtifactError, save_model
 from mlvicx_monai.networks.unet import (
     MLVICX_BACKBONE,
     MLVICX_PLAIN_BACKBONE,

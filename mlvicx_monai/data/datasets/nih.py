@@ -240,7 +240,9 @@ def _official_split(src: Path, labels: pd.DataFrame, partition_dir: Path | None)
                 sources.append(path)
     if partition and set(partition) != set(PARTITION_FILES):
         missing = sorted(set(PARTITION_FILES) - set(partition))
-        raise DatasetError(f"{src}: found only part of the train/val partition; missing {[PARTITION_FILES[m] for m in missing]}")
+        raise DatasetError(
+            f"{src}: found only part of the train/val partition; missing {[PARTITION_FILES[m] for m in missing]}"
+        )
 
     known = set(ids)
     for key, table in [*lists.items(), *partition.items()]:
@@ -283,7 +285,10 @@ def _official_split(src: Path, labels: pd.DataFrame, partition_dir: Path | None)
         train_ids, val_ids = set(partition["train"]["image_id"]), set(partition["val"]["image_id"])
         overlap = sorted(train_ids & val_ids)
         if overlap:
-            raise DatasetError(f"{PARTITION_FILES['train']} and {PARTITION_FILES['val']} share {len(overlap)} images (first: {overlap[0]!r})")
+            raise DatasetError(
+                f"{PARTITION_FILES['train']} and {PARTITION_FILES['val']} share {len(overlap)} images "
+                f"(first: {overlap[0]!r})"
+            )
         in_partition = _member(ids, train_ids | val_ids)
         if "train_val" in lists:
             mismatch = in_partition != (split == "train_val")
@@ -321,7 +326,9 @@ def read_labels(src: Path | str, *, partition_dir: Path | str | None = None) -> 
     duplicated = ids.duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise DatasetError(f"{path}: line {line_of(row)}: image {ids.iloc[row]!r} listed twice; remove the duplicate row")
+        raise DatasetError(
+            f"{path}: line {line_of(row)}: image {ids.iloc[row]!r} listed twice; remove the duplicate row"
+        )
     patient = table["Patient ID"].str.strip()
     bad_patient = ~patient.str.fullmatch(r"\d+")
     if bad_patient.any():
@@ -331,7 +338,9 @@ def read_labels(src: Path | str, *, partition_dir: Path | str | None = None) -> 
     bad_follow = ~follow_up.str.fullmatch(r"\d+")
     if bad_follow.any():
         row = int(np.flatnonzero(bad_follow.to_numpy())[0])
-        raise DatasetError(f"{path}: line {line_of(row)}, column 'Follow-up #': {follow_up.iloc[row]!r} is not a number")
+        raise DatasetError(
+            f"{path}: line {line_of(row)}, column 'Follow-up #': {follow_up.iloc[row]!r} is not a number"
+        )
     matrix = _encode_labels(path, table["Finding Labels"])
     view = table["View Position"].str.strip().replace("", None)
     out = pd.DataFrame({

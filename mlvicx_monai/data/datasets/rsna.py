@@ -70,7 +70,9 @@ def read_labels(src: Path | str) -> pd.DataFrame:
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in ("patientId", *BOX_COLUMNS, "Target") if c not in table.columns]
     if missing:
-        raise DatasetError(f"{path}: missing columns {missing} (found {list(table.columns)}); is this stage_2_train_labels.csv?")
+        raise DatasetError(
+            f"{path}: missing columns {missing} (found {list(table.columns)}); is this stage_2_train_labels.csv?"
+        )
     ids = table["patientId"].astype(str).str.strip()
     _first_bad(path, (table["patientId"].isna() | (ids == "")).to_numpy(), "empty patientId")
     target = pd.to_numeric(table["Target"], errors="coerce")
@@ -82,7 +84,8 @@ def read_labels(src: Path | str) -> pd.DataFrame:
     positive = (target == 1).to_numpy()
     _first_bad(path, positive & ~has_box, "Target 1 without a box")
     _first_bad(path, ~positive & has_box, "Target 0 with a box")
-    _first_bad(path, has_box & ((coords["width"] <= 0) | (coords["height"] <= 0)).to_numpy(), "box with width or height <= 0")
+    non_positive = has_box & ((coords["width"] <= 0) | (coords["height"] <= 0)).to_numpy()
+    _first_bad(path, non_positive, "box with width or height <= 0")
 
     rows = pd.DataFrame({"image_id": ids, "target": target.astype(int)})
     per_image = rows.groupby("image_id", sort=True)["target"].agg(["min", "max"])
@@ -96,7 +99,8 @@ def read_labels(src: Path | str) -> pd.DataFrame:
     negative_rows = rows[~positive].groupby("image_id").size()
     repeated = negative_rows[negative_rows > 1]
     boxes: dict[str, list[tuple[float, float, float, float]]] = {}
-    for image, *box in zip(ids[positive].tolist(), *(coords.loc[positive, c].astype(float).tolist() for c in BOX_COLUMNS)):
+    box_columns = (coords.loc[positive, c].astype(float).tolist() for c in BOX_COLUMNS)
+    for image, *box in zip(ids[positive].tolist(), *box_columns):
         boxes.setdefault(image, []).append(tuple(box))
     index = per_image.index
     out = pd.DataFrame({
@@ -131,7 +135,9 @@ def read_labels(src: Path | str) -> pd.DataFrame:
         )
         if disagree.any():
             first = out.loc[disagree, "image_id"].iloc[0]
-            raise DatasetError(f"{info_path}: class of {first!r} disagrees with Target in {path.name} ({int(disagree.sum())} images)")
+            raise DatasetError(
+                f"{info_path}: class of {first!r} disagrees with Target in {path.name} ({int(disagree.sum())} images)"
+            )
         sources.append(info_path)
 
     header_path = find_label_file(folder, HEADER_FILES, required=False)
@@ -140,7 +146,9 @@ def read_labels(src: Path | str) -> pd.DataFrame:
     if header_path is not None:
         headers = read_table(header_path, dtype={"PatientID": str, "ViewPosition": str, "PatientSex": str})
         if "PatientID" not in headers.columns or "ViewPosition" not in headers.columns:
-            raise DatasetError(f"{header_path}: expected columns PatientID, ViewPosition (found {list(headers.columns)})")
+            raise DatasetError(
+                f"{header_path}: expected columns PatientID, ViewPosition (found {list(headers.columns)})"
+            )
         headers = headers.drop_duplicates("PatientID").set_index("PatientID")
         out["view"] = out["image_id"].map(headers["ViewPosition"].str.strip()).astype(object)
         if "PatientSex" in headers:
@@ -153,7 +161,9 @@ def read_labels(src: Path | str) -> pd.DataFrame:
     report = {"rows": len(table), "images": len(out), "rows_merged": len(table) - len(out), "rows_dropped": 0,
               "negative_rows_repeated": int(repeated.sum() - len(repeated))}
     out.attrs.update(sources=sources, report=report)
-    logger.info("RSNA: %d rows -> %d images (%d box rows merged per image)", len(table), len(out), report["rows_merged"])
+    logger.info(
+        "RSNA: %d rows -> %d images (%d box rows merged per image)", len(table), len(out), report["rows_merged"]
+    )
     return out
 
 

@@ -111,7 +111,9 @@ def read_labels(src: Path | str, *, on_conflict: str = "error", validate_rle: bo
     report = {
         "rows": len(table), "images": len(out), "rows_merged": len(table) - len(out), "rows_dropped": 0,
         "images_with_several_masks": multi,
-        "repeated_negative_rows": int((per_image["sum"] - 1).clip(lower=0)[per_image["sum"] == per_image["size"]].sum()),
+        "repeated_negative_rows": int(
+            (per_image["sum"] - 1).clip(lower=0)[per_image["sum"] == per_image["size"]].sum()
+        ),
         "conflicting_images": len(conflicts),
         "conflicting_negative_rows_ignored": int(per_image.loc[conflicts, "sum"].sum()) if len(conflicts) else 0,
     }

@@ -129,7 +129,9 @@ def aggregate_votes(votes: np.ndarray, n_readers: np.ndarray, aggregation: str =
 def _check_columns(path: Path, table: pd.DataFrame, required: tuple[str, ...]) -> None:
     missing = [c for c in required if c not in table.columns]
     if missing:
-        raise DatasetError(f"{path}: missing columns {missing} (found {list(table.columns)}); is this the official file?")
+        raise DatasetError(
+            f"{path}: missing columns {missing} (found {list(table.columns)}); is this the official file?"
+        )
 
 
 def _boxes_by_image(rows: pd.DataFrame, path: Path) -> dict[str, dict[str, list[tuple]]]:
@@ -222,7 +224,9 @@ def _read_physionet_file(path: Path, split: str, label_set: str) -> pd.DataFrame
         raise DatasetError(f"{path}: unknown label columns {unknown}; expected {sorted(known)}")
     missing = [c for c in PHYSIONET_CLASS_NAMES if c not in label_columns]
     if missing:
-        raise DatasetError(f"{path}: missing label columns {missing}; is this VinDr-CXR 1.0.0 image_labels_{split}.csv?")
+        raise DatasetError(
+            f"{path}: missing label columns {missing}; is this VinDr-CXR 1.0.0 image_labels_{split}.csv?"
+        )
     values = table[list(PHYSIONET_CLASS_NAMES)].apply(pd.to_numeric, errors="coerce")
     bad = ~values.isin([0, 1]).to_numpy()
     if bad.any():
@@ -241,7 +245,9 @@ def _read_physionet_file(path: Path, split: str, label_set: str) -> pd.DataFrame
     out["rad_id"] = table[rad_column].astype(str).str.strip() if rad_column else CONSENSUS_READER
     if out.duplicated(["image_id", "rad_id"]).any():
         row = int(np.flatnonzero(out.duplicated(["image_id", "rad_id"]).to_numpy())[0])
-        raise DatasetError(f"{path}: line {line_of(row)}: image {out['image_id'].iloc[row]!r} rated twice by the same reader")
+        raise DatasetError(
+            f"{path}: line {line_of(row)}: image {out['image_id'].iloc[row]!r} rated twice by the same reader"
+        )
     names = class_names_for(label_set)
     for name in names:
         out[name] = values[name].astype(int).to_numpy()
@@ -318,7 +324,8 @@ def read_labels(src: Path | str, *, aggregation: str = DEFAULT_AGGREGATION, labe
     elif release == "competition":
         raise DatasetError(f"{src}: no competition label file {list(COMPETITION_FILES)} (or .gz/.zip) found")
     else:
-        if src.is_file() or find_label_file(src, [*PHYSIONET_FILES.values(), *(Path(n).name for n in PHYSIONET_FILES.values())], required=False) is None:
+        candidates = [*PHYSIONET_FILES.values(), *(Path(n).name for n in PHYSIONET_FILES.values())]
+        if src.is_file() or find_label_file(src, candidates, required=False) is None:
             raise DatasetError(
                 f"{src}: no VinDr label file found; expected the competition {list(COMPETITION_FILES)} or the "
                 f"PhysioNet {list(PHYSIONET_FILES.values())} (optionally .gz/.zip)"

@@ -202,7 +202,8 @@ def write_nih(
             counts.update(labels or ["No Finding"])
             age = anatomy.age + fu // 2
             rows.append(
-                f"{name},{'|'.join(labels) or 'No Finding'},{fu},{pid},{age},{anatomy.sex},{view},{w},{h},{spacing},{spacing}"
+                f"{name},{'|'.join(labels) or 'No Finding'},{fu},{pid},{age},{anatomy.sex},{view},"
+                f"{w},{h},{spacing},{spacing}"
             )
             split = "test" if pid in test_patients else "train_val"
             (test if split == "test" else train_val).append(name)
@@ -211,7 +212,8 @@ def write_nih(
                     if r.finding in NIH_BBOX_LABEL:
                         x0, y0, x1, y1 = r.bbox
                         bbox_rows.append(
-                            f"{name},{NIH_BBOX_LABEL[r.finding]},{float(x0)},{float(y0)},{float(x1 - x0)},{float(y1 - y0)}"
+                            f"{name},{NIH_BBOX_LABEL[r.finding]},{float(x0)},{float(y0)},"
+                            f"{float(x1 - x0)},{float(y1 - y0)}"
                         )
             truth.append(
                 {

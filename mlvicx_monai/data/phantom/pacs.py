@@ -71,7 +71,9 @@ CATEGORIES: dict[str, str] = {
     "empty": "a zero-byte file",
     "truncated": "a DICOM file cut short inside its Pixel Data",
     "no_pixel_data": "a radiograph header without Pixel Data",
-    "non_image": "a DICOM object that has no pixels by nature (structured report, RT structure set, presentation state)",
+    "non_image": (
+        "a DICOM object that has no pixels by nature (structured report, RT structure set, presentation state)"
+    ),
     "modality": "an image of another modality (CT, MR)",
     "body_part": "a radiograph of another body part",
     "view": "a lateral chest view: valid, rejected only because the default filter keeps frontal views",
@@ -175,7 +177,10 @@ def _plan(n: int, seed: int) -> list[_Study]:
                     person=person,
                     site=make_site(prng),
                     date=date.strftime("%Y%m%d"),
-                    time=f"{int(prng.integers(7, 20)):02d}{int(prng.integers(0, 60)):02d}{int(prng.integers(0, 60)):02d}",
+                    time=(
+                        f"{int(prng.integers(7, 20)):02d}{int(prng.integers(0, 60)):02d}"
+                        f"{int(prng.integers(0, 60)):02d}"
+                    ),
                     accession=f"A{int(prng.integers(10**8, 10**9))}",
                     study_id=f"CXR{int(prng.integers(10**5, 10**6))}",
                     uid=deterministic_uid("pacs", seed, p, s, "study"),
@@ -306,7 +311,10 @@ def _path_for(w: _Writer, st: _Study, style: int, series: int, inst: int, ext: s
     family, given = st.person.name.split("^")[:2]
     if style == 0:
         w.path_phi.update({family, given, st.person.patient_id})
-        return f"PACS_EXPORT_{st.date[:6]}/{family}_{given}_{st.person.patient_id}/{st.date}_{st.accession}/SER{series:03d}/IMG{inst:05d}{ext}"
+        return (
+            f"PACS_EXPORT_{st.date[:6]}/{family}_{given}_{st.person.patient_id}/{st.date}_{st.accession}/"
+            f"SER{series:03d}/IMG{inst:05d}{ext}"
+        )
     if style == 1:
         return f"incoming/{st.uid}/{series_uid}/{sop}{ext}"
     return f"dump/export {st.patient:03d}-{st.study:02d}-{series:02d}-{inst:02d}{ext}"
