@@ -3,7 +3,7 @@
 from .checkpoint import CheckpointError, ResumableCheckpoint, read_resume_info, register_resumable
 from .distributed import init_distributed, is_rank0, per_rank_batch, resolve_device
 from .export import EncoderExport
-from .handlers import NonFiniteGuard, NonFiniteLossError, TrainingMonitor
+from .handlers import NonFiniteGuard, NonFiniteLossError, TrainingMonitor, effective_rank
 from .pretrain import PretrainStep, resolve_amp, schedule_steps
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "PretrainStep",
     "ResumableCheckpoint",
     "TrainingMonitor",
+    "effective_rank",
     "init_distributed",
     "is_rank0",
     "per_rank_batch",

@@ -16,9 +16,22 @@ from ignite.engine import Engine, Events
 
 from mlvicx_monai.engines.distributed import is_rank0, world_size
 
-__all__ = ["NonFiniteLossError", "NonFiniteGuard", "TrainingMonitor"]
+__all__ = ["NonFiniteLossError", "NonFiniteGuard", "TrainingMonitor", "effective_rank"]
 
 logger = logging.getLogger(__name__)
+
+
+def effective_rank(z: torch.Tensor) -> torch.Tensor:
+    """Effective rank (Roy and Vetterli, 2007) of a batch of embeddings ``z`` (B, d): exp of the Shannon entropy of
+    the normalised singular values of the centred batch, a float in [1, min(B, d)] (a 0-d tensor on ``z``'s
+    device). 1 when the batch lies on one line, ~min(B, d) when it spreads evenly over all directions.
+    """
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"effective_rank needs a (batch >= 2, dim) matrix, got shape {tuple(z.shape)}")
+    s = torch.linalg.svdvals(z.float() - z.float().mean(dim=0, keepdim=True))
+    p = s / s.sum().clamp_min(torch.finfo(s.dtype).tiny)
+    entropy = -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum()
+    return torch.exp(entropy)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -78,7 +91,11 @@ class TrainingMonitor:
       the embeddings spread over all directions, 0 when they collapse to one point, whatever the output scale or a
       final BatchNorm. Watch these rather than ``std/*``. (Neither per-dimension statistic sees a *dimensional*
       collapse onto a few directions: a batch of +-u has nstd ~1.)
- ``engine.state.epoch_stats`` gets epoch time and epoch-average throughput and loss;
+    - ``rank/global``, ``rank/local``: :func:`effective_rank` of the batch embeddings (the step's ``emb/*``
+      outputs), which does see a dimensional collapse: it falls towards 1 as the embeddings crowd onto few
+      directions. Computed only every ``every`` iterations (one small SVD).
+
+    ``engine.state.epoch_stats`` gets epoch time and epoch-average throughput and loss;
     ``engine.state.embedding_std`` the last per-dimension std arrays (what :class:`EncoderExport` records).
     """
 
@@ -134,6 +151,10 @@ class TrainingMonitor:
                 stats[f"{key}_mean"] = float(std.mean())
                 stats[f"{key}_min"] = float(std.min())
                 stats[f"{key}_frac_below_0.1"] = float((std < 0.1).float().mean())
+        for name in ("global", "local"):
+            emb = output.get(f"emb/{name}")
+            if torch.is_tensor(emb) and emb.ndim == 2 and emb.shape[0] >= 2:
+                stats[f"rank/{name}"] = float(effective_rank(emb.detach()))
         now = time.perf_counter()
         elapsed = max(now - self._t_interval, 1e-9)
         stats["throughput/samples_per_s"] = self._samples_interval / elapsed
