@@ -78,6 +78,7 @@ def rg1(testdata, dcmtk_render):
     return out
 
 
+@pytest.mark.slow  # runs dcmtk (dcm2pnm / dcmdjpeg) in a subprocess
 def test_rg1_uncompressed_matches_dcmtk(rg1):
     image, _ = rg1["UNCR"]
     ref = rg1["dcmtk_UNCR"]
@@ -88,12 +89,14 @@ def test_rg1_uncompressed_matches_dcmtk(rg1):
     assert diff.mean() <= 0.6 / 65535
 
 
+@pytest.mark.slow  # runs dcmtk (dcm2pnm / dcmdjpeg) in a subprocess
 def test_rg1_jpeg2000_lossless_is_the_uncompressed_image(rg1):
     j2kr, _ = rg1["J2KR"]
     assert np.array_equal(j2kr, rg1["UNCR"][0])
     assert np.abs(j2kr - rg1["dcmtk_UNCR"]).max() <= DCMTK_TOL  # dcmtk has no J2K decoder: its UNCR rendering
 
 
+@pytest.mark.slow  # runs dcmtk (dcm2pnm / dcmdjpeg) in a subprocess
 def test_rg1_jpeg2000_lossy_within_compression_error(rg1):
     j2ki, meta = rg1["J2KI"]
     assert meta.transfer_syntax == "1.2.840.10008.1.2.4.91"
@@ -108,6 +111,7 @@ def test_rg1_jpeg2000_lossy_within_compression_error(rg1):
     assert diff.mean() > 10 * DCMTK_TOL  # it is really the lossy file
 
 
+@pytest.mark.slow  # runs dcmtk (dcm2pnm / dcmdjpeg) in a subprocess
 def test_rg1_metadata_verified_against_the_header(rg1, testdata):
     _, meta = rg1["UNCR"]
     ds = pydicom.dcmread(testdata("RG1_UNCR.dcm"), stop_before_pixels=True)
@@ -139,6 +143,7 @@ def test_rg1_metadata_verified_against_the_header(rg1, testdata):
             assert str(value) not in text, keyword
 
 
+@pytest.mark.slow  # runs dcmtk (dcm2pnm / dcmdjpeg) in a subprocess
 def test_rg1_monochrome1_inverted_bone_bright_and_upright(rg1, testdata):
     image, _ = rg1["UNCR"]
     stored = pydicom.dcmread(testdata("RG1_UNCR.dcm")).pixel_array.astype(np.float64)
@@ -271,6 +276,7 @@ DCMTK_CASES = [
 ]
 
 
+@pytest.mark.slow  # runs dcmtk (dcm2pnm / dcmdjpeg) in a subprocess
 @pytest.mark.parametrize("name, voi, tol", DCMTK_CASES, ids=[row[0] for row in DCMTK_CASES])
 def test_pydicom_file_matches_dcmtk(testdata, dcmtk_render, name, voi, tol):
     image, _ = load_cxr(testdata(name))
@@ -279,6 +285,7 @@ def test_pydicom_file_matches_dcmtk(testdata, dcmtk_render, name, voi, tol):
     assert np.abs(image - ref).max() <= tol
 
 
+@pytest.mark.slow  # runs dcmtk (dcm2pnm / dcmdjpeg) in a subprocess
 def test_lossy_jpeg_stored_values_match_dcmtk(testdata, tmp_path, dcmtk_render):
     """JPEG baseline (made here with dcmcjpeg) and 12-bit extended: lossy decoders may differ by one stored
     value (IDCT rounding of libjpeg vs dcmtk's IJG code); everything after decoding must then agree."""

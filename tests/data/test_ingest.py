@@ -135,6 +135,7 @@ def _images(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}
 
 
+@pytest.mark.slow  # kills and reruns the ingestion job in subprocesses
 def test_pacs_ingest_survives_sigkill_and_resumes_to_the_same_outputs(pacs, pacs_ingested, secret, tmp_path):
     """SIGKILL of the whole run (main process and workers) twice, at two points, then a rerun: the same outputs,
     byte for byte, as the uninterrupted run; a killed run is never mistaken for a dead worker (worker_died)."""

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from mlvicx_monai.data.phantom import render_cxr, write_layout
-from mlvicx_monai.engines.infer import CXRInference, gradcam_normalizer, resolve_model
+from mlvicx_monai.engines.infer import CXRInference, resolve_model
 from mlvicx_monai.networks import MLVICXUNet, build_classifier
 from mlvicx_monai.networks.artifacts import ArtifactError, load_model, save_model
 from mlvicx_monai.transforms import Preprocessing
@@ -145,9 +145,3 @@ def test_model_resolution_from_path_and_registry_alias(tmp_path, classifier_file
     bare = save_model(model, tmp_path / "bare.pt")
     with pytest.raises(ArtifactError, match="no class names or preprocessing record"):
         CXRInference.from_paths(tmp_path, bare, tmp_path / "out", deid_secret=tmp_path / "s.secret")
-
-
-def test_gradcam_normalizer_keeps_bright_as_evidence():
-    x = torch.tensor([[[[0.0, 1.0], [3.0, 2.0]]]])
-    assert torch.equal(gradcam_normalizer(x), torch.tensor([[[[0.0, 1 / 3], [1.0, 2 / 3]]]]))
-    assert torch.equal(gradcam_normalizer(torch.zeros(1, 1, 2, 2)), torch.zeros(1, 1, 2, 2))

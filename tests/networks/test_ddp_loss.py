@@ -21,6 +21,8 @@ import mlvicx_monai.losses.vicreg as vicreg_module
 from mlvicx_monai.engines.distributed import cleanup_distributed
 from mlvicx_monai.losses import MLVICXLoss
 
+pytestmark = pytest.mark.slow  # spawns two gloo processes
+
 WORLD = 2
 GLOBAL_BATCH = 8
 IN_DIM, EMB = 6, 5
