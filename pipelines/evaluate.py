@@ -14,7 +14,12 @@ max_epochs=5 image_size=96``). Then, under ``OUT``:
   of the paper's Tables I and II), columns = per-class AUC and the mean AUC (segmentation: per-image mean Dice and
   global Dice; RSNA also accuracy), each as mean +- sample std over seeds;
 - ``ttest.md`` / ``ttest.csv``: paired t-test (``scipy.stats.ttest_rel``, two-sided) of the headline metric between
-  two pretrained sources (``--compare A B``, default the first two), paired by seed, per cell (paper section V-A);
+  two pretrained sources (``--compare A B``, default the first two), paired by seed, per cell (paper section V-A).
+  With ``--resample-fractions`` (the default) seed ``s`` also draws its own labelled subset (bundle
+  ``fraction_seed=s``: nested over fractions, patient-level; both sources of a pair train on the same subset), so
+  the test's variance includes the choice of the labelled images; ``--no-resample-fractions`` keeps the
+  datalist's fixed subset (only the training randomness varies). ``ttest.md`` states which, and every
+  ``results.json`` records its subset (``training_subset``: seed, images, patients, SHA-256 of the ids);
 - ``metric_vs_fraction.png``: headline metric against label fraction, one line per source, error bars = std;
 - ``summary.json``: every cell, its status and its results path.
 
@@ -99,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", nargs="+", type=_override, default=[], metavar="KEY=VALUE",
                         help="extra bundle overrides for every cell (e.g. max_epochs=5)")
     parser.add_argument("--tracking-uri", default="", help="bundle 'tracking_uri' (default: the bundle's)")
+    parser.add_argument(
+        "--resample-fractions", action=argparse.BooleanOptionalAction, default=True,
+        help="each seed draws its own nested patient-level label-fraction subset (bundle fraction_seed = seed; "
+        "default); --no-resample-fractions: every seed trains on the datalist's fixed subset",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell (default: none)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands of the cells to run and stop")
     return parser
@@ -111,6 +121,8 @@ def _command(args: argparse.Namespace, cell: Cell, sources: dict[str, str], fold
         "--seed", str(cell.seed), "--pretrained", sources[cell.source], "--output_dir", str(folder),
         "--run_name", cell.run_name(args.task), "--register_model", "False",
     ]
+    if args.resample_fractions:
+        command += ["--fraction_seed", str(cell.seed)]
     if args.data_dir:
         command += ["--dataset_dir", str(args.data_dir)]
     if args.tracking_uri:
@@ -189,6 +201,26 @@ def _fmt(mean: float | None, std: float | None) -> str:
     return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def subset_of(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The training subset a results.json records (``training_subset``; ``fraction_seed`` None = fixed subset), or
+    ``None`` for a results.json written before subsets were recorded."""
+    if "training_subset" in results:
+        return results["training_subset"]
+    return {"fraction_seed": results["fraction_seed"]} if "fraction_seed" in results else None
+
+
+def collect_subsets(out: Path, cells: list[Cell]) -> dict[tuple[str, str, float, str], dict[int, dict[str, Any]]]:
+    """(dataset, protocol, fraction, source) -> seed -> the training subset of the cell's results.json."""
+    table: dict[tuple[str, str, float, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for cell in cells:
+        path = cell.folder(out) / "results.json"
+        if path.is_file():
+            subset = subset_of(json.loads(path.read_text()))
+            if subset is not None:
+                table[(cell.dataset, cell.protocol, cell.fraction, cell.source)][cell.seed] = subset
+    return table
+
+
 def collect(task: str, out: Path, cells: list[Cell]) -> dict[tuple[str, str, float, str], dict[int, dict[str, float | None]]]:
     """(dataset, protocol, fraction, source) -> seed -> metrics, for every cell with a results.json."""
     table: dict[tuple[str, str, float, str], dict[int, dict[str, float | None]]] = defaultdict(dict)
@@ -235,8 +267,22 @@ def write_table(task: str, out: Path, data: dict, sources: list[str]) -> list[di
     return rows
 
 
-def paired_ttests(task: str, data: dict, a: str, b: str) -> list[dict[str, Any]]:
-    """Paired t-test of the headline metric, ``a`` vs ``b``, paired by seed, for every (dataset, protocol, fraction)."""
+def _subset_mode(subsets: list[dict[str, Any]]) -> str:
+    seeds = {s.get("fraction_seed") for s in subsets}
+    if not subsets:
+        return "unknown"
+    if seeds == {None}:
+        return "fixed"
+    return "resampled" if None not in seeds else "mixed"
+
+
+def paired_ttests(task: str, data: dict, a: str, b: str, subsets: dict | None = None) -> list[dict[str, Any]]:
+    """Paired t-test of the headline metric, ``a`` vs ``b``, paired by seed, for every (dataset, protocol, fraction).
+
+    ``subsets`` (:func:`collect_subsets`) adds per test ``subsets``: ``resampled`` (every run drew a seeded
+    subset), ``fixed`` (every run used the datalist's), ``mixed`` or ``unknown``, and ``same_subset_pairs``: the
+    pairs whose two runs trained on the same images (equal ``ids_sha256``).
+    """
     from scipy.stats import ttest_rel  # noqa: PLC0415
 
     metric = HEADLINE[task]
@@ -252,6 +298,13 @@ def paired_ttests(task: str, data: dict, a: str, b: str) -> list[dict[str, Any]]
                                   "a": a, "b": b, "n_pairs": len(seeds), "seeds": " ".join(map(str, seeds)),
                                   "mean_a": float(x.mean()) if len(x) else None, "mean_b": float(y.mean()) if len(y) else None,
                                   "mean_diff": float((x - y).mean()) if len(x) else None, "t": None, "p_value": None, "note": ""}
+        pairs = [(subsets or {}).get((dataset, protocol, fraction, src), {}).get(s) for s in seeds for src in (a, b)]
+        known = [p for p in pairs if p is not None]
+        record["subsets"] = _subset_mode(known) if len(known) == len(pairs) else "unknown"
+        record["same_subset_pairs"] = sum(
+            1 for k in range(0, len(known) - 1, 2)
+            if known[k].get("ids_sha256") and known[k].get("ids_sha256") == known[k + 1].get("ids_sha256")
+        ) if len(known) == len(pairs) else None
         if len(seeds) < 2:
             record["note"] = "needs at least 2 paired seeds"
         elif np.allclose(x - y, (x - y)[0]):
@@ -263,15 +316,33 @@ def paired_ttests(task: str, data: dict, a: str, b: str) -> list[dict[str, Any]]
     return tests
 
 
+SUBSET_TEXT = {
+    "resampled": "Labelled subsets resampled: each seed drew its own nested, patient-level label-fraction subset "
+    "(fraction_seed = seed; the two runs of a pair share it), so the variance includes the choice of the labelled "
+    "images as well as the training randomness.",
+    "fixed": "Labelled subsets fixed: every run trained on the datalist's one label-fraction subset, so the test "
+    "covers the training randomness only, not the choice of the labelled images.",
+    "mixed": "Labelled subsets mixed: some runs drew seeded subsets and some used the datalist's fixed one (see the "
+    "subsets column); rerun the cells with one setting before reading the p-values.",
+    "unknown": "Labelled subsets unknown: the results.json files do not record their training subset.",
+}
+
+
 def write_ttests(out: Path, tests: list[dict[str, Any]]) -> None:
-    fields = ["dataset", "protocol", "fraction", "metric", "a", "b", "n_pairs", "seeds", "mean_a", "mean_b", "mean_diff", "t", "p_value", "note"]
-    atomic_write_csv(out / "ttest.csv", tests, header=fields)
+    fields = ["dataset", "protocol", "fraction", "metric", "a", "b", "n_pairs", "seeds", "subsets", "same_subset_pairs",
+              "mean_a", "mean_b", "mean_diff", "t", "p_value", "note"]
+    atomic_write_csv(out / "ttest.csv", [{k: t.get(k) for k in fields} for t in tests], header=fields)
+    modes = sorted({t.get("subsets", "unknown") for t in tests})
     md = ["# Paired t-test between pretrained sources (scipy.stats.ttest_rel, two-sided, paired by seed)\n",
-          "| dataset | protocol | fraction | metric | A | B | pairs | mean A | mean B | mean A-B | t | p |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "What is tested: for each (dataset, protocol, label fraction), the headline metric of source A minus source "
+          "B, paired over the downstream seeds (one pair = both sources trained with the same seed). "
+          + SUBSET_TEXT.get(modes[0] if len(modes) == 1 else "mixed", SUBSET_TEXT["mixed"]) + "\n",
+          "| dataset | protocol | fraction | metric | A | B | pairs | subsets | mean A | mean B | mean A-B | t | p |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     num = lambda v, f=".4f": "n/a" if v is None else format(v, f)  # noqa: E731
     for t in tests:
         md.append(f"| {t['dataset']} | {t['protocol']} | {t['fraction']:g} | {t['metric']} | {t['a']} | {t['b']} | {t['n_pairs']} | "
+                  f"{t.get('subsets', 'unknown')} | "
                   f"{num(t['mean_a'])} | {num(t['mean_b'])} | {num(t['mean_diff'])} | {num(t['t'], '.3f')} | "
                   f"{num(t['p_value'])}{' (' + t['note'] + ')' if t['note'] else ''} |")
     (out / "ttest.md").write_text("\n".join(md) + "\n", encoding="utf-8")
@@ -332,10 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     data = collect(args.task, args.out, cells)
     write_table(args.task, args.out, data, names)
-    tests = paired_ttests(args.task, data, *compare) if len(compare) == 2 else []
+    tests = paired_ttests(args.task, data, *compare, subsets=collect_subsets(args.out, cells)) if len(compare) == 2 else []
     write_ttests(args.out, tests)
     plot = write_plot(args.task, args.out, data, names)
-    summary = {"task": args.task, "sources": sources, "compare": list(compare), "cells": records, "ttests": tests,
+    summary = {"task": args.task, "sources": sources, "compare": list(compare), "resample_fractions": args.resample_fractions,
+               "cells": records, "ttests": tests,
                "outputs": ["table.md", "table.csv", "ttest.md", "ttest.csv", plot.name]}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
     print((args.out / "table.md").read_text())

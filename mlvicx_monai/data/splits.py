@@ -19,14 +19,19 @@ depends on dict/set iteration order or on ``PYTHONHASHSEED``.
   ``fraction <= f`` selects the f% subset and nesting holds by construction.
 - ``check_patient_disjoint``: raises ``LeakageError`` naming how many and which patients occur in two splits.
 - ``check_fractions``: re-verifies a fraction column (only training rows, patient-level, class coverage).
+- ``seeded_fraction`` / ``subset_record``: a training subset drawn with its own seed (the downstream bundles'
+  ``fraction_seed``, so that repeated runs also resample the labelled subset) and its provenance record.
+
+pandas is imported by the two checks only (``import mlvicx_monai.data.splits`` stays light).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 __all__ = [
     "FRACTIONS",
@@ -39,6 +44,8 @@ __all__ = [
     "check_fractions",
     "allocate",
     "balanced_patients",
+    "seeded_fraction",
+    "subset_record",
 ]
 
 #: Label fractions of the training split, in percent (paper section IV).
@@ -74,7 +81,9 @@ def _as_matrix(labels: Sequence | np.ndarray, n: int) -> np.ndarray:
     return matrix.astype(np.uint8)
 
 
-def patient_labels(patient_ids: Sequence[str], labels: Sequence | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def patient_labels(
+    patient_ids: Sequence[str], labels: Sequence | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per patient (sorted by id): ``(patients, Y, n_images, inverse)``.
 
     ``Y`` is the union of the patient's image labels with a last "no finding" column (1 when the patient has
@@ -207,6 +216,51 @@ def label_fractions(
     return level[inverse]
 
 
+def seeded_fraction(
+    patient_ids: Sequence[str], labels: Sequence | np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """``[N]`` bool: the training images of the ``fraction`` subset drawn with ``seed`` (:func:`label_fractions`).
+
+    For one seed the subsets of increasing fractions are nested, they are patient-level (all or none of a
+    patient's images) and cover every class positive in the training images; different seeds draw different
+    subsets. ``fraction`` 1.0 keeps every image.
+
+    Args:
+        patient_ids, labels: the TRAINING images only (one entry per image).
+        fraction: one of 0.01, 0.1, 0.3, 1.0 (``FRACTIONS`` / 100).
+        seed: the subset's seed (independent of the split's and of the datalist's fraction column).
+
+    Raises:
+        ValueError: ``fraction`` is not one of the label fractions, or ``seed`` is not an integer.
+    """
+    percent = float(fraction) * 100
+    if not any(abs(percent - f) < 1e-9 for f in FRACTIONS):
+        raise ValueError(f"fraction must be one of {[f / 100 for f in FRACTIONS]}, got {fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"the fraction seed must be an integer (or null for the datalist's subset), got {seed!r}")
+    return label_fractions(patient_ids, labels, int(seed)) <= round(percent)
+
+
+def subset_record(
+    ids: Sequence[str], patient_ids: Sequence[str] | None, fraction: float | None, seed: int | None
+) -> dict[str, Any]:
+    """Provenance of a training subset: ``{"fraction", "fraction_seed", "n_images", "n_patients", "ids_sha256"}``.
+
+    ``fraction_seed`` ``None`` means the datalist's fixed fraction column; ``ids_sha256`` is the SHA-256 of the
+    sorted image ids joined by newlines (equal subsets have equal checksums whatever their order);
+    ``n_patients`` is ``None`` when the patients are unknown.
+    """
+    ids = [str(i) for i in ids]
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+    return {
+        "fraction": None if fraction is None else float(fraction),
+        "fraction_seed": None if seed is None else int(seed),
+        "n_images": len(ids),
+        "n_patients": None if patient_ids is None else len({str(p) for p in patient_ids}),
+        "ids_sha256": digest,
+    }
+
+
 def balanced_patients(patient_ids: Sequence[str], positive: Sequence[bool], seed: int) -> np.ndarray:
     """Per image: True for every image of every positive patient and of an equal number of negative
     patients drawn with the seed (all negatives when there are fewer than positives)."""
@@ -222,6 +276,8 @@ def balanced_patients(patient_ids: Sequence[str], positive: Sequence[bool], seed
 
 def check_patient_disjoint(patient_ids: Sequence[str], splits: Sequence[str], *, show: int = 5) -> None:
     """Raise ``LeakageError`` if any patient has images in more than one split (missing splits ignored)."""
+    import pandas as pd
+
     frame = pd.DataFrame({"patient": np.asarray(patient_ids, dtype=object).astype(str),
                           "split": np.asarray(splits, dtype=object)})
     frame = frame[frame["split"].notna()]
@@ -254,6 +310,8 @@ def check_fractions(
     Raises:
         FractionError: naming the first offending row or class.
     """
+    import pandas as pd
+
     split = np.asarray(splits, dtype=object)
     values = pd.array(list(fractions), dtype="Int64")
     is_train = split == train

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.utils import convert_to_tensor
 from monai.data import DataLoader, Dataset
+from monai.utils import convert_to_tensor
 
+from mlvicx_monai.data import splits
 from mlvicx_monai.data.datalist import DatalistError, load_datalist, read_datalist
 from mlvicx_monai.engines.downstream import DownstreamReport, check_protocol
 from mlvicx_monai.engines.evaluation import predict
@@ -39,8 +40,11 @@ __all__ = [
     "class_names_of",
     "classification_items",
     "encode_features",
+    "patients_by_id",
     "protocol_data",
     "select_classes",
+    "split_entries",
+    "training_subset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,14 +86,50 @@ def select_classes(datalist_path: str | os.PathLike, classes: str | Sequence[str
     return chosen
 
 
+def split_entries(
+    datalist_path: str | os.PathLike,
+    split: str,
+    fraction: float | None = None,
+    fraction_seed: int | None = None,
+    labels_of: Callable[[Mapping[str, Any]], Sequence[int]] | None = None,
+    require_labels: bool = False,
+) -> list[dict[str, Any]]:
+    """Datalist entries of one split; for ``train``, the label-``fraction`` subset.
+
+    The subset is the datalist's fraction column (fixed when the data were ingested) when ``fraction_seed`` is
+    ``None``, else drawn with ``fraction_seed`` by :func:`~mlvicx_monai.data.splits.seeded_fraction` over the
+    training patients (patient-level, nested across fractions for one seed, covering every training class of
+    ``labels_of(entry)``; the training split stays patient-disjoint from val/test).
+
+    Raises:
+        DatalistError: a seeded subset of a datalist whose training entries have no ``patient``.
+    """
+    seeded = split == "train" and fraction is not None and fraction_seed is not None
+    fixed = fraction if split == "train" and not seeded else None
+    entries = load_datalist(datalist_path, split, fraction=fixed, require_labels=require_labels)
+    if seeded:
+        unknown = [e["id"] for e in entries if not e.get("patient")]
+        if unknown:
+            raise DatalistError(
+                f"{datalist_path}: {len(unknown)} training entries have no patient (e.g. {unknown[:3]}), so a seeded "
+                "patient-level subset cannot be drawn; use fraction_seed null (the datalist's fixed subset)"
+            )
+        labels = [tuple(labels_of(e)) if labels_of else (0,) for e in entries]
+        keep = splits.seeded_fraction([str(e["patient"]) for e in entries], labels, fraction, fraction_seed)
+        entries = [e for e, k in zip(entries, keep) if k]
+    return entries
+
+
 def classification_items(
     datalist_path: str | os.PathLike,
     split: str,
     class_names: Sequence[str],
     fraction: float | None = None,
     check_defined: bool = False,
+    fraction_seed: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Items ``{"image": path, "label": float32 [C], "id": str}`` of one split, labels restricted to ``class_names``.
+    """Items ``{"image": path, "label": float32 [C], "id": str, "patient": str}`` of one split, labels restricted
+    to ``class_names`` (``patient`` only where the datalist has it).
 
     Args:
         datalist_path: the ingestion's ``manifest.json``.
@@ -98,16 +138,24 @@ def classification_items(
         fraction: label fraction of the training split (0.01, 0.1, 0.3, 1.0), ``None`` for all.
         check_defined: require at least one class with a positive and a negative image (the validation
             split of early stopping; otherwise its mean AUC would be undefined).
+        fraction_seed: ``None``: the datalist's fixed fraction subset; an integer: a subset drawn with this seed
+            (see :func:`split_entries`; stratified on all the datalist's classes).
     """
     names = list(read_datalist(datalist_path)["class_names"])
     index = [names.index(c) for c in class_names]
-    entries = load_datalist(datalist_path, split, fraction=fraction if split == "train" else None, require_labels=True)
+    entries = split_entries(datalist_path, split, fraction, fraction_seed, labels_of=lambda e: e["label"],
+                            require_labels=True)
     items = []
     for entry in entries:
         label = np.asarray(entry["label"], dtype=np.float32)
         if label.shape != (len(names),):
-            raise DatalistError(f"{datalist_path}: entry {entry['id']} has {label.size} labels for {len(names)} classes")
-        items.append({"image": entry["image"], "label": label[index], "id": str(entry["id"])})
+            raise DatalistError(
+                f"{datalist_path}: entry {entry['id']} has {label.size} labels for {len(names)} classes"
+            )
+        item = {"image": entry["image"], "label": label[index], "id": str(entry["id"])}
+        if entry.get("patient"):
+            item["patient"] = str(entry["patient"])
+        items.append(item)
     if check_defined:
         labels = np.stack([i["label"] for i in items])
         positives = labels.sum(axis=0)
@@ -119,9 +167,30 @@ def classification_items(
     return items
 
 
+def patients_by_id(items: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
+    """``{item id: patient}`` of items that all have a ``patient``; ``None`` (no patient-level bootstrap) when
+    any item lacks one."""
+    if not items or any(not item.get("patient") for item in items):
+        return None
+    return {str(item["id"]): str(item["patient"]) for item in items}
+
+
+def training_subset(
+    items: Sequence[Mapping[str, Any]], fraction: float | None, fraction_seed: int | None
+) -> dict[str, Any]:
+    """Provenance of the training items: :func:`~mlvicx_monai.data.splits.subset_record` (seed, sizes, checksum)."""
+    patients = patients_by_id(items)
+    return splits.subset_record([i["id"] for i in items], None if patients is None else list(patients.values()),
+                                fraction, fraction_seed)
+
+
 @torch.no_grad()
 def encode_features(
-    encoder: MLVICXEncoder, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0
+    encoder: MLVICXEncoder,
+    dataset: Dataset,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
 ) -> list[dict[str, Any]]:
     """The pooled encoder feature of every item, computed once with the encoder in eval mode.
 
@@ -157,7 +226,12 @@ class EncodedFeatures(Dataset):
     call :func:`encode_features_once` in ``initialize``), not when the config is resolved."""
 
     def __init__(
-        self, images: Dataset, encoder: MLVICXEncoder, batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0
+        self,
+        images: Dataset,
+        encoder: MLVICXEncoder,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        num_workers: int = 0,
     ) -> None:
         super().__init__(data=[])
         self.images, self.encoder = images, encoder
@@ -172,7 +246,9 @@ class EncodedFeatures(Dataset):
 
     def __len__(self) -> int:
         if not self.computed:
-            raise RuntimeError("the encoder features are not computed yet: call compute() (the bundle's initialize does)")
+            raise RuntimeError(
+                "the encoder features are not computed yet: call compute() (the bundle's initialize does)"
+            )
         return super().__len__()
 
 
@@ -217,6 +293,21 @@ def _write_predictions(path: Path, ids: list[str], class_names: Sequence[str], y
     atomic_write_csv(path, rows, header=header)
 
 
+def patients_of(ids: Sequence[str], test_patients: Mapping[str, str] | None) -> list[str] | None:
+    """The patient of every evaluated id, or ``None`` (image-level bootstrap) without a mapping.
+
+    Raises:
+        ValueError: an evaluated id is not in ``test_patients`` (the mapping is not of the test items).
+    """
+    if test_patients is None:
+        return None
+    missing = [i for i in ids if i not in test_patients]
+    if missing:
+        raise ValueError(f"{len(missing)} test ids have no patient in test_patients (e.g. {missing[:3]}): pass "
+                         "patients_by_id(<the test items>)")
+    return [test_patients[i] for i in ids]
+
+
 class ClassificationReport(DownstreamReport):
     """:class:`~mlvicx_monai.engines.downstream.DownstreamReport` of classification: the test evaluation writes
 
@@ -229,23 +320,34 @@ class ClassificationReport(DownstreamReport):
         test_network: the module that maps a test batch to logits and that the best checkpoint holds (the
             classifier, or its head for the frozen protocol's cached features).
         n_boot: bootstrap resamples of the confidence interval of the mean AUC.
+        test_patients: ``{test item id: patient}`` (:func:`patients_by_id`): the bootstrap resamples patients
+            (``results.json["test"]["ci_unit"] == "patient"``); ``None``: images.
     """
 
     task = "classification"
 
     def __init__(
-        self, *args: Any, test_network: torch.nn.Module, n_boot: int = 1000, gradcam_items: Any = None, **kwargs: Any
+        self,
+        *args: Any,
+        test_network: torch.nn.Module,
+        n_boot: int = 1000,
+        gradcam_items: Any = None,
+        test_patients: Mapping[str, str] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, trained_network=test_network, **kwargs)
         self.test_network = test_network
         self.n_boot = int(n_boot)
+        self.test_patients = dict(test_patients) if test_patients is not None else None
         self.gradcam_items = gradcam_items
         self._last: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None
 
     def evaluate(self) -> tuple[dict[str, Any], dict[str, float]]:
         ids, y, p = predict(self.test_network, self.test_loader, self.device, transform=torch.sigmoid)
         seed = int(self.provenance.get("seed", 0) or 0)
-        report = classification_report(y, p, self.class_names, n_boot=self.n_boot, seed=seed, threshold=self.threshold)
+        patients = patients_of(ids, self.test_patients)
+        report = classification_report(y, p, self.class_names, n_boot=self.n_boot, seed=seed, threshold=self.threshold,
+                                       patient_ids=patients)
         self._last = (y, p, report)
         _write_predictions(self.output_dir / "test_predictions.csv", ids, self.class_names, y, p)
         metrics: dict[str, float] = {"test/mean_auc": report["mean_auc"]}
@@ -258,8 +360,9 @@ class ClassificationReport(DownstreamReport):
         if self.run is not None:
             self.run.set_tags({"mlvicx.excluded_classes": ",".join(report["excluded_classes"]) or "none"})
         logger.info(
-            "test: mean AUC %s (95%% CI %s) over %d classes; excluded (undefined AUC): %s; details in %s",
-            report["mean_auc"], report["auc_ci"], len(self.class_names) - len(report["excluded_classes"]),
+            "test: mean AUC %s (95%% CI %s, resampling %d %ss) over %d classes; excluded (undefined AUC): %s; "
+            "details in %s", report["mean_auc"], report["auc_ci"], report["n_clusters"], report["ci_unit"],
+            len(self.class_names) - len(report["excluded_classes"]),
             report["excluded_classes"] or "none", self.output_dir,
         )
         return report, {k: v for k, v in metrics.items() if v is not None}

@@ -7,10 +7,11 @@ Conventions (SPEC section 3):
 - A class whose ``y_true`` column holds a single value (no positive or no negative image) has no AUC. It is
   reported as ``None`` and excluded from the mean; :func:`classification_report` lists the excluded classes.
 - The mean AUC is the unweighted mean over the defined classes (the "mean AUC" of the paper's tables).
-- The bootstrap resamples *images* with replacement (no stratification) and recomputes the mean AUC over the
-  same class set; a resample in which a class defined on the full data loses all its positives or all its
-  negatives is skipped (so every kept resample averages the same classes). The interval is the percentile
-  interval of the kept resamples.
+- The bootstrap resamples *patients* (cluster bootstrap: every image of each drawn patient) when ``patient_ids``
+  are given, else *images*, with replacement (no stratification; :mod:`mlvicx_monai.metrics.bootstrap`), and
+  recomputes the mean AUC over the same class set; a resample in which a class defined on the full data loses
+  all its positives or all its negatives is skipped (so every kept resample averages the same classes). The
+  interval is the percentile interval of the kept resamples.
 
 Inputs may be NumPy arrays, sequences or torch tensors (moved to CPU).
 """
@@ -25,6 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
+from mlvicx_monai.metrics.bootstrap import bootstrap_counts, clusters_of, percentile_interval
+
 __all__ = [
     "accuracy",
     "bootstrap_auc_ci",
@@ -35,10 +38,6 @@ __all__ = [
 ]
 
 ClassKey = str | int
-
-#: resamples processed together by the vectorised bootstrap (memory ~ 4 * chunk * N * 8 bytes).
-_BOOT_CHUNK = 32
-
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
@@ -215,63 +214,64 @@ def _plan_aucs(plan: _BootstrapPlan, counts: np.ndarray) -> tuple[np.ndarray, np
 
 
 def bootstrap_mean_auc_samples(
-    y_true: Any, y_score: Any, n_boot: int = 1000, seed: int = 0
+    y_true: Any, y_score: Any, n_boot: int = 1000, seed: int = 0, patient_ids: Sequence[Any] | None = None
 ) -> tuple[np.ndarray, int]:
-    """Mean AUC of ``n_boot`` bootstrap resamples of the images.
+    """Mean AUC of ``n_boot`` bootstrap resamples of the images, or of the patients.
 
-    Every resample draws ``N`` images with replacement (``numpy.random.default_rng(seed)``, one row of ``N``
-    draws per resample). The mean is over the classes defined on the full data; a resample in which one of
-    them becomes undefined (no positive or no negative drawn) is skipped.
+    Every resample draws ``N`` images (``patient_ids=None``) or the ``K`` patients of ``patient_ids`` with all
+    their images, with replacement (:func:`~mlvicx_monai.metrics.bootstrap.bootstrap_counts`, seeded). The mean
+    is over the classes defined on the full data; a resample in which one of them becomes undefined (no positive
+    or no negative drawn) is skipped.
 
     Vectorised: the resamples are processed in chunks as ``[N, B]`` draw counts; every class is sorted once,
     and the AUCs of a chunk come from one sparse product and one cumulative sum (see :func:`_plan_aucs`);
     they equal ``roc_auc_score`` on the resampled rows.
 
+    Args:
+        patient_ids: ``[N]`` patient id of every image (cluster bootstrap), or ``None`` (image bootstrap).
+
     Returns:
         ``(means, n_skipped)``: ``means`` ``[n_boot - n_skipped]`` float64 in resample order.
 
     Raises:
-        ValueError: ``n_boot < 1`` or no class has both a positive and a negative image.
+        ValueError: ``n_boot < 1``, no class has both a positive and a negative image, or ``patient_ids`` does
+            not have one id per image.
     """
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}.")
     yt, ys, _ = _validate(y_true, y_score)
+    clusters = clusters_of(patient_ids, yt.shape[0])
     classes = np.flatnonzero(_defined(yt))
     if classes.size == 0:
         raise ValueError("no class has both a positive and a negative image: the mean AUC is undefined.")
-    n = yt.shape[0]
     plan = _bootstrap_plan(yt, ys, classes)
-    rng = np.random.default_rng(seed)
     means: list[np.ndarray] = []
     skipped = 0
-    done = 0
-    while done < n_boot:
-        b = min(_BOOT_CHUNK, n_boot - done)
-        draws = rng.integers(0, n, size=(b, n))  # row r: the N images drawn by resample done + r
-        flat = (draws * b + np.arange(b)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=n * b).reshape(n, b).astype(np.float64)
+    for counts in bootstrap_counts(clusters, n_boot, seed):
         auc, n_pos, n_neg = _plan_aucs(plan, counts)
         valid = ((n_pos > 0) & (n_neg > 0)).all(axis=0)
         means.append(auc[:, valid].mean(axis=0))
-        skipped += int(b - valid.sum())
-        done += b
+        skipped += int(counts.shape[1] - valid.sum())
     return np.concatenate(means), skipped
 
 
 def bootstrap_auc_ci(
-    y_true: Any, y_score: Any, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+    y_true: Any,
+    y_score: Any,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    patient_ids: Sequence[Any] | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap ``(low, high)`` interval of the MEAN AUC at level ``1 - alpha``.
 
-    See :func:`bootstrap_mean_auc_samples` for the resampling; ``(nan, nan)`` if every resample was skipped.
+    See :func:`bootstrap_mean_auc_samples` for the resampling (patients when ``patient_ids`` is given);
+    ``(nan, nan)`` if every resample was skipped.
     """
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}.")
-    means, _ = bootstrap_mean_auc_samples(y_true, y_score, n_boot=n_boot, seed=seed)
-    if means.size == 0:
-        return math.nan, math.nan
-    low, high = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(low), float(high)
+    means, _ = bootstrap_mean_auc_samples(y_true, y_score, n_boot=n_boot, seed=seed, patient_ids=patient_ids)
+    return percentile_interval(means, alpha)
 
 
 def accuracy(y_true: Any, y_score: Any, threshold: float = 0.5) -> float:
@@ -301,6 +301,7 @@ def classification_report(
     seed: int = 0,
     alpha: float = 0.05,
     threshold: float = 0.5,
+    patient_ids: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """JSON-serialisable summary of a classification evaluation.
 
@@ -311,10 +312,12 @@ def classification_report(
         seed: seed of the bootstrap.
         alpha: the interval has level ``1 - alpha``.
         threshold: decision threshold of the binary accuracy (only reported when ``C == 1``).
+        patient_ids: ``[N]`` patient of every image: the bootstrap resamples patients (else images).
 
     Returns:
         ``{"n_images", "classes", "n_positive", "n_negative", "per_class_auc", "mean_auc",
-        "excluded_classes", "auc_ci": [low, high] | None, "ci_level", "n_boot", "n_boot_skipped", "seed"}``
+        "excluded_classes", "auc_ci": [low, high] | None, "ci_level", "ci_unit": "patient" | "image",
+        "n_clusters" (patients, or images), "n_boot", "n_boot_skipped", "seed"}``
         plus ``"accuracy"`` and ``"threshold"`` for a single (binary) class. Undefined values are ``None``.
     """
     yt, ys, keys = _validate(y_true, y_score, class_names)
@@ -323,6 +326,7 @@ def classification_report(
         raise ValueError(f"class names are not unique as strings: {names}.")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}.")
+    clusters = clusters_of(patient_ids, yt.shape[0])
     aucs = per_class_auc(yt, ys, names)
     defined = [v for v in aucs.values() if v is not None]
     n_pos = yt.sum(axis=0)
@@ -336,6 +340,7 @@ def classification_report(
         "excluded_classes": [k for k, v in aucs.items() if v is None],
         "auc_ci": None,
         "ci_level": 1.0 - float(alpha),
+        **clusters.record(),
         "n_boot": int(n_boot),
         "n_boot_skipped": None,
         "seed": int(seed),
@@ -343,10 +348,10 @@ def classification_report(
     if n_boot > 0 and defined:
         if not 0.0 < float(alpha) < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha!r}.")
-        means, skipped = bootstrap_mean_auc_samples(yt, ys, n_boot=n_boot, seed=seed)
+        means, skipped = bootstrap_mean_auc_samples(yt, ys, n_boot=n_boot, seed=seed, patient_ids=patient_ids)
         report["n_boot_skipped"] = skipped
         if means.size:
-            low, high = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
+            low, high = percentile_interval(means, alpha)
             report["auc_ci"] = [_json_float(low), _json_float(high)]
     if yt.shape[1] == 1:
         report["accuracy"] = accuracy(yt, ys, threshold)

@@ -12,15 +12,21 @@ Two different numbers, both reported:
 
 Masks are boolean (or 0/1 numeric) arrays ``[N, H, W]``; ``[N, 1, H, W]`` and any other ``[N, ...]`` layout are
 accepted (everything after the first axis is one image). Threshold probabilities before calling these.
+
+:func:`bootstrap_dice_ci` gives percentile bootstrap intervals of both numbers from the per-image pixel counts,
+resampling patients (when their ids are given) or images (:mod:`mlvicx_monai.metrics.bootstrap`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DiceAccumulator", "dice_per_image", "global_dice", "mean_dice"]
+from mlvicx_monai.metrics.bootstrap import bootstrap_counts, clusters_of, percentile_interval
+
+__all__ = ["DiceAccumulator", "bootstrap_dice_ci", "dice_per_image", "global_dice", "mean_dice"]
 
 
 def _as_masks(x: Any, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -92,6 +98,71 @@ def global_dice(pred: Any, target: Any) -> float:
     inter, n_pred, n_true = _counts(*_pair(pred, target))
     denom = int(n_pred.sum() + n_true.sum())
     return 1.0 if denom == 0 else 2.0 * float(inter.sum()) / denom
+
+
+def _count_vector(x: Any, name: str) -> np.ndarray:
+    arr = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty [N] vector of per-image pixel counts, got shape {arr.shape}.")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"{name} must be numeric pixel counts, got dtype {arr.dtype}.")
+    if not np.isfinite(arr).all() or (arr < 0).any() or (arr != np.round(arr)).any():
+        raise ValueError(f"{name} must hold non-negative integer pixel counts.")
+    return arr.astype(np.float64)
+
+
+def bootstrap_dice_ci(
+    inter: Any,
+    n_pred: Any,
+    n_true: Any,
+    patient_ids: Sequence[Any] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals of the per-image mean Dice and of the global Dice.
+
+    Each resample draws the patients of ``patient_ids`` (all their images), or the images, with replacement
+    (:func:`~mlvicx_monai.metrics.bootstrap.bootstrap_counts`); with draw counts ``w`` its mean Dice is
+    ``sum(w * dice) / sum(w)`` and its global Dice ``2 * sum(w * inter) / sum(w * (n_pred + n_true))`` (1 if
+    nothing is predicted or true), i.e. :func:`mean_dice` / :func:`global_dice` of the resampled images.
+
+    Args:
+        inter, n_pred, n_true: ``[N]`` per-image pixel counts ``|P & T|``, ``|P|``, ``|T|``.
+        patient_ids: ``[N]`` patient of every image (cluster bootstrap) or ``None`` (image bootstrap).
+        n_boot: resamples (``>= 1``); seed: of the draws; alpha: the intervals have level ``1 - alpha``.
+
+    Returns:
+        ``{"mean_dice_per_image_ci": [low, high], "global_dice_ci": [low, high], "ci_level", "ci_unit",
+        "n_clusters", "n_boot", "seed"}`` (JSON-serialisable).
+
+    Raises:
+        ValueError: counts of different lengths or impossible (``inter > min(n_pred, n_true)``), bad
+            ``patient_ids`` / ``n_boot`` / ``alpha``.
+    """
+    i, p, t = (_count_vector(v, k) for v, k in ((inter, "inter"), (n_pred, "n_pred"), (n_true, "n_true")))
+    if not i.size == p.size == t.size:
+        raise ValueError(f"inter, n_pred and n_true must have the same length, got {i.size}, {p.size}, {t.size}.")
+    if (i > np.minimum(p, t)).any():
+        raise ValueError("inter exceeds n_pred or n_true for some image: the counts are not |P & T|, |P|, |T|.")
+    if not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}.")
+    clusters = clusters_of(patient_ids, i.size)
+    dice = _dice_from_counts(i, p, t)
+    means, pooled = [], []
+    for w in bootstrap_counts(clusters, n_boot, seed):
+        means.append((dice @ w) / w.sum(axis=0))
+        num, den = 2.0 * (i @ w), (p + t) @ w
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pooled.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0))
+    return {
+        "mean_dice_per_image_ci": list(percentile_interval(np.concatenate(means), alpha)),
+        "global_dice_ci": list(percentile_interval(np.concatenate(pooled), alpha)),
+        "ci_level": 1.0 - float(alpha),
+        **clusters.record(),
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+    }
 
 
 class DiceAccumulator:

@@ -181,3 +181,39 @@ def test_balanced_patients():
     assert keep[:10].all() and keep.sum() == 20
     assert np.array_equal(keep, balanced_patients(pids, positive, seed=0))
     assert not np.array_equal(keep, balanced_patients(pids, positive, seed=1))
+
+
+# ------------------------------------------------------------------ seeded training subsets (fraction_seed)
+
+
+def test_seeded_fractions_are_nested_patient_level_and_differ_by_seed() -> None:
+    pids, labels = synthetic(n_patients=600, seed=3)
+    pids_arr = np.asarray(pids)
+    subsets = {}
+    for seed in (0, 1):
+        masks = [splits.seeded_fraction(pids, labels, f / 100, seed) for f in FRACTIONS]
+        for small, large in zip(masks, masks[1:]):
+            assert not (small & ~large).any()  # nested
+        for mask in masks:  # patient-level: a patient is all in or all out
+            inside, outside = set(pids_arr[mask]), set(pids_arr[~mask])
+            assert not inside & outside
+            assert (np.asarray(labels)[mask].sum(axis=0) > 0).sum() == (np.asarray(labels).sum(axis=0) > 0).sum()
+        assert masks[-1].all()
+        assert abs(masks[1].sum() - round(0.1 * len(pids))) <= 4
+        subsets[seed] = masks[1]
+    assert not np.array_equal(subsets[0], subsets[1])
+    np.testing.assert_array_equal(subsets[0], splits.seeded_fraction(pids, labels, 0.1, 0))
+    np.testing.assert_array_equal(subsets[0], label_fractions(pids, labels, seed=0) <= 10)
+
+
+def test_seeded_fraction_rejects_bad_arguments_and_records_a_subset() -> None:
+    pids, labels = synthetic(n_patients=300, seed=4)
+    with pytest.raises(ValueError, match=r"fraction must be one of \[0.01, 0.1, 0.3, 1.0\], got 0.2"):
+        splits.seeded_fraction(pids, labels, 0.2, 0)
+    with pytest.raises(ValueError, match="fraction seed must be an integer"):
+        splits.seeded_fraction(pids, labels, 0.1, "1")
+    record = splits.subset_record(["b", "a", "c"], ["p1", "p1", "p2"], 0.1, 7)
+    assert record == {"fraction": 0.1, "fraction_seed": 7, "n_images": 3, "n_patients": 2,
+                      "ids_sha256": splits.subset_record(["c", "a", "b"], None, 0.1, 7)["ids_sha256"]}
+    assert splits.subset_record(["a"], None, None, None)["n_patients"] is None
+    assert record["ids_sha256"] != splits.subset_record(["a", "b"], None, 0.1, 7)["ids_sha256"]

@@ -76,6 +76,10 @@ def test_results_json_and_auc_agree_with_sklearn(frozen_run, encoder_file):
     assert test["excluded_classes"], "the tiny test split should leave some class undefined"
     low, high = test["auc_ci"]
     assert low <= high and test["ci_level"] == 0.95
+    assert test["ci_unit"] == "patient" and 0 < test["n_clusters"] <= test["n_images"]
+    subset = results["training_subset"]
+    assert (results["fraction_seed"], subset["fraction_seed"], subset["fraction"]) == (None, None, 1.0)
+    assert subset["n_images"] == results["n_images"]["train"] and 0 < subset["n_patients"] <= subset["n_images"]
     assert results["training"]["best_epoch"] in (1, 2)
 
 

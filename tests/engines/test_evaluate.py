@@ -19,11 +19,13 @@ pytestmark = pytest.mark.slow
 CLASSES = ["Effusion", "Mass"]
 
 
-def _fake_results(folder: Path, aucs: dict[str, float | None]) -> None:
+def _fake_results(folder: Path, aucs: dict[str, float | None], subset: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     defined = [v for v in aucs.values() if v is not None]
-    (folder / "results.json").write_text(json.dumps({"test": {
-        "per_class_auc": aucs, "mean_auc": sum(defined) / len(defined), "classes": list(aucs)}}))
+    record = {"test": {"per_class_auc": aucs, "mean_auc": sum(defined) / len(defined), "classes": list(aucs)}}
+    if subset is not None:
+        record["training_subset"] = subset
+    (folder / "results.json").write_text(json.dumps(record))
 
 
 def test_tables_ttest_and_plot_from_existing_cells(tmp_path, capsys):
@@ -57,6 +59,35 @@ def test_tables_ttest_and_plot_from_existing_cells(tmp_path, capsys):
     assert float(tests[0]["p_value"]) == pytest.approx(expected.pvalue) and float(tests[0]["t"]) == pytest.approx(expected.statistic)
     assert (out / "metric_vs_fraction.png").stat().st_size > 1000
     assert "Paired t-test" in capsys.readouterr().out
+    assert tests[0]["subsets"] == "unknown" and "do not record their training subset" in (out / "ttest.md").read_text()
+
+
+@pytest.mark.parametrize("resample", [True, False])
+def test_ttest_states_whether_subsets_were_resampled(tmp_path, resample):
+    out = tmp_path / "sweep"
+    for seed, (a, b) in enumerate([(0.8, 0.7), (0.82, 0.75), (0.78, 0.7)]):
+        subset = {"fraction_seed": seed if resample else None, "n_images": 10, "n_patients": 5,
+                  "ids_sha256": f"{seed if resample else 0:064x}"}
+        for name, auc in (("mlvicx", a), ("random", b)):
+            _fake_results(Cell("demo", "frozen", 0.1, name, seed).folder(out), {"Effusion": auc}, subset)
+    argv = ["--out", str(out), "--fractions", "0.1", "--seeds", "0", "1", "2", "--pretrained", "mlvicx=enc.pt",
+            "--pretrained", "random=none"] + ([] if resample else ["--no-resample-fractions"])
+    assert main(argv) == 0
+    test = next(csv.DictReader(open(out / "ttest.csv")))
+    assert test["subsets"] == ("resampled" if resample else "fixed") and test["same_subset_pairs"] == "3"
+    text = (out / "ttest.md").read_text()
+    assert "paired over the downstream seeds" in text
+    assert ("each seed drew its own nested, patient-level" in text) == resample
+    assert ("every run trained on the datalist's one label-fraction subset" in text) == (not resample)
+    assert json.loads((out / "summary.json").read_text())["resample_fractions"] is resample
+
+
+def test_resample_fractions_passes_the_seed_as_fraction_seed(tmp_path, capsys):
+    base = ["--out", str(tmp_path), "--seeds", "4", "--pretrained", "a=none", "--dry-run"]
+    assert main(base) == 0
+    assert "--fraction_seed 4" in capsys.readouterr().out
+    assert main([*base, "--no-resample-fractions"]) == 0
+    assert "--fraction_seed" not in capsys.readouterr().out
 
 
 def test_sweep_runs_a_missing_cell_through_the_bundle_then_skips_it(nih_demo, encoder_file, work, monkeypatch):

@@ -143,6 +143,14 @@ def test_segment_bundle_frozen_writes_both_dice_and_keeps_the_encoder(siim_demo,
     expected_global = 1.0 if (n_true + n_pred).sum() == 0 else 2 * inter.sum() / (n_true + n_pred).sum()
     assert test["global_dice"] == pytest.approx(expected_global)
     assert (dice[(n_true == 0) & (n_pred == 0)] == 1).all() and (dice[(n_true == 0) & (n_pred > 0)] == 0).all()
+    # patient-level bootstrap intervals of both Dice numbers; the training subset is recorded
+    assert test["ci_unit"] == "patient" and 0 < test["n_clusters"] <= test["n_images"] and test["n_boot"] == 1000
+    for key in ("mean_dice_per_image", "global_dice"):
+        low, high = test[f"{key}_ci"]
+        assert low <= test[key] + 1e-9 and test[key] <= high + 1e-9
+    subset = results["training_subset"]
+    assert results["fraction_seed"] is None and subset["fraction_seed"] is None
+    assert subset["n_images"] == results["n_images"]["train"] and len(subset["ids_sha256"]) == 64
     model, info = load_model(out / "model.pt", require_preprocessing=True)
     assert info.kind.value == "segmenter" and info.config["decoder_channels"] == [32, 16, 16, 8, 8]
     pretrained, _ = load_model(encoder_file, expect="encoder")
