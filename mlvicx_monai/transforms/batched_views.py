@@ -11,9 +11,9 @@ Per view and sample, as the CPU version (see :mod:`mlvicx_monai.transforms.views
   central fallback), then box + flip + rotation become ONE affine ``theta`` per sample, and the whole batch is
   resampled by one ``F.affine_grid`` + ``F.grid_sample`` (``crop_mode`` bilinear or bicubic; bicubic clipped to
   ``[0, 1]``);
-- antialiasing (only where a sample's crop shrinks by more than ``antialias_above``): the per-sample triangle
-  filter that ``F.interpolate(antialias=True)`` applies, here at the source resolution before the resampling
-  (the CPU version resizes the whole image first: same filter, not bit-identical);
+- antialiasing (only where a sample's crop shrinks by more than ``antialias_above``): a per-sample triangle
+  filter at the source resolution before the resampling, as wide as the CPU version's antialiased resize of the
+  whole image followed by its bilinear interpolation (same blur in effect, not bit-identical);
 - brightness/contrast jitter, Gaussian blur (MONAI's erf kernel, one sigma per sample, edge replication),
   solarisation and normalisation, each a batched tensor operation with per-sample parameters (an op a sample does
   not draw is applied as its identity: a factor 1, a delta kernel), so nothing waits for the host.
@@ -202,14 +202,16 @@ class BatchedTwoViewAugment:
         return torch.stack(rows, dim=1).to(torch.float32)
 
     def _antialias(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
-        """Triangle prefilter of half-width ``shrink`` source pixels where ``shrink > antialias_above``."""
+        """Triangle prefilter of half-width ``sqrt(2) shrink`` source pixels where ``shrink > antialias_above``."""
         thr, size = self.config.antialias_above, self.config.image_size
         height, width = x.shape[-2:]
         if thr is None or min(height, width) / size <= thr:  # no crop of this source can shrink that much
             return x
         shrink = torch.minimum(params.box[:, 2], params.box[:, 3]) / size
-        support = torch.where(shrink > thr, shrink, torch.ones_like(shrink)).to(torch.float32)  # 1: a delta
-        reach = math.ceil(min(height, width) / size)
+        # the CPU version's resize (a triangle of half-width s) is followed by bilinear interpolation on the coarse
+        # grid (another ~s^2/6 of variance at a random phase): a triangle of half-width s*sqrt(2) has the sum
+        support = torch.where(shrink > thr, shrink * math.sqrt(2), torch.ones_like(shrink)).float()  # 1: delta
+        reach = math.ceil(math.sqrt(2) * min(height, width) / size)
         taps = torch.arange(-reach, reach + 1, device=x.device, dtype=torch.float32)
         kernel = (1 - taps.abs()[None] / support[:, None]).clamp_(min=0)
         return _separable(x, kernel / kernel.sum(dim=1, keepdim=True))
