@@ -110,7 +110,10 @@ class Preprocessing:
         return [Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True), QuantizeUint8d(keys)]
 
     def runtime(
-        self, keys: KeysCollection = "image", augmentation: Sequence[Transform] = (), tensor_keys: KeysCollection | None = None
+        self,
+        keys: KeysCollection = "image",
+        augmentation: Sequence[Transform] = (),
+        tensor_keys: KeysCollection | None = None,
     ) -> list[Transform]:
         """After the cache: dequantise, optional ``augmentation`` (on [0, 1] images), normalise, plain float32 tensors
         (of ``tensor_keys``, default ``keys``; e.g. ``["image", "label"]``)."""

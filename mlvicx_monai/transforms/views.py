@@ -15,6 +15,10 @@ Per view, in order (VICReg's pair, grey adaptation):
    MONAI's ``gaussian_1d`` + ``separable_filtering``);
 4. solarisation (p 0 on view 1, 0.2 on view 2, ``RandSolarize``);
 5. normalisation ``(x - mean) / std``.
+
+The parameters live in one :class:`~mlvicx_monai.transforms.TwoViewConfig`, shared with the batched device version
+(:class:`~mlvicx_monai.transforms.BatchedTwoViewAugment`). ``crop_mode="bicubic"`` (VICReg's interpolation) clips
+the crop to ``[0, 1]`` as torchvision does for 8-bit images.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from monai.transforms import (
 from monai.utils import ensure_tuple_rep
 
 from .intensity import Normalize, RandBrightnessContrast, RandGaussianBlur, RandSolarize, _range
+from .view_config import TwoViewConfig
 
 __all__ = ["RandResizedCrop", "TwoViewAugmentd", "eval_transform", "view_pipeline"]
 
@@ -58,6 +63,7 @@ class RandResizedCrop(RandomizableTransform):
     rotated about the box centre by ``U[-rotate_range, rotate_range]`` degrees (``rotate_prob``). Points that fall
     outside the image follow ``padding_mode``. When the box is shrunk by more than ``antialias_above`` the whole
     image is first resized with antialiasing (normalised coordinates are unchanged by a full-image resize).
+    ``clamp`` ``(lo, hi)`` clips the result (bicubic overshoots the input range).
 
     Input ``[C, H, W]`` float tensor; output ``[C, size_h, size_w]``.
     """
@@ -73,6 +79,7 @@ class RandResizedCrop(RandomizableTransform):
         mode: str = "bilinear",
         padding_mode: str = "zeros",
         antialias_above: float | None = 1.5,
+        clamp: Sequence[float] | None = None,
     ) -> None:
         super().__init__(prob=1.0)
         self.size = tuple(int(s) for s in ensure_tuple_rep(size, 2))
@@ -93,6 +100,7 @@ class RandResizedCrop(RandomizableTransform):
             raise ValueError(f"padding_mode must be 'zeros', 'border' or 'reflection', got {padding_mode!r}.")
         self.flip_prob, self.rotate_range, self.rotate_prob = float(flip_prob), float(rotate_range), float(rotate_prob)
         self.mode, self.padding_mode, self.antialias_above = mode, padding_mode, antialias_above
+        self.clamp = None if clamp is None else _range("clamp", clamp, low=-math.inf)
         self.box: tuple[int, int, int, int] = (0, 0, 1, 1)
         self.flip = False
         self.angle = 0.0
@@ -162,6 +170,8 @@ class RandResizedCrop(RandomizableTransform):
             src = F.interpolate(src, size=small, mode="bilinear", align_corners=False, antialias=True)
         grid = self._grid(theta)
         out = F.grid_sample(src, grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=False)
+        if self.clamp is not None:
+            out = out.clamp_(*self.clamp)
         return out.squeeze(0)
 
 
@@ -182,16 +192,21 @@ def view_pipeline(
     mean: float = 0.5,
     std: float = 0.25,
     padding_mode: str = "zeros",
+    crop_mode: str = "bilinear",
+    antialias_above: float | None = 1.5,
 ) -> Compose:
     """The augmentation of ONE view, as a MONAI ``Compose`` of array transforms: ``[1, H, W]`` in ``[0, 1]`` ->
-    ``[1, image_size, image_size]`` normalised."""
+    ``[1, image_size, image_size]`` normalised. The defaults are view 1 of :class:`TwoViewConfig`."""
     if std <= 0:
         raise ValueError(f"std must be > 0, got {std}.")
+    if crop_mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"crop_mode must be 'bilinear' or 'bicubic', got {crop_mode!r}.")
     return Compose(
         [
             RandResizedCrop(
                 image_size, scale, ratio, flip_prob=flip_prob, rotate_range=rotate_range, rotate_prob=rotate_prob,
-                padding_mode=padding_mode,
+                mode=crop_mode, padding_mode=padding_mode, antialias_above=antialias_above,
+                clamp=(0.0, 1.0) if crop_mode == "bicubic" else None,
             ),
             RandBrightnessContrast(prob=jitter_prob, brightness=brightness, contrast=contrast),
             RandGaussianBlur(prob=blur_prob, sigma=blur_sigma),
@@ -204,10 +219,10 @@ def view_pipeline(
 class TwoViewAugmentd(MapTransform, Randomizable):
     """Make the two asymmetric views ``view_keys`` of the image at ``keys`` (one key).
 
-    Per-view probabilities that differ between the views are pairs ``(view1, view2)``: ``blur_prob``
-    (1.0, 0.1) and ``solarize_prob`` (0.0, 0.2), as in VICReg; everything else is shared. ``mean``/``std`` are the
-    normalisation constants (defaults map [0, 1] to [-2, 2]; set them from the training data). See the module
-    docstring for the order of operations and :func:`view_pipeline` for the arguments.
+    The augmentation is ``config`` (a :class:`TwoViewConfig`; default: its defaults) with ``options`` (any of its
+    field names: ``image_size``, ``crop_mode``, ``mean``, ``std``...) replaced. Per-view probabilities that differ
+    between the views are pairs ``(view1, view2)``: ``blur_prob`` (1.0, 0.1) and ``solarize_prob`` (0.0, 0.2), as
+    in VICReg; everything else is shared. See the module docstring for the order of operations.
 
     ``set_random_state`` seeds both view pipelines (MONAI's DataLoader calls it per worker).
     """
@@ -215,45 +230,21 @@ class TwoViewAugmentd(MapTransform, Randomizable):
     def __init__(
         self,
         keys: KeysCollection = "image",
-        image_size: int = 224,
         view_keys: Sequence[str] = ("view1", "view2"),
-        scale: Sequence[float] = (0.08, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-        flip_prob: float = 0.5,
-        rotate_range: float = 10.0,
-        rotate_prob: float = 0.5,
-        jitter_prob: float = 0.8,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        blur_prob: Sequence[float] = (1.0, 0.1),
-        blur_sigma: Sequence[float] = (0.1, 2.0),
-        solarize_prob: Sequence[float] = (0.0, 0.2),
-        solarize_threshold: float = 0.5,
-        mean: float = 0.5,
-        std: float = 0.25,
-        padding_mode: str = "zeros",
         keep_source: bool = False,
         allow_missing_keys: bool = False,
+        config: TwoViewConfig | None = None,
+        **options: Any,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"TwoViewAugmentd takes exactly one source key, got {self.keys}.")
         if len(view_keys) != 2 or view_keys[0] == view_keys[1]:
             raise ValueError(f"view_keys must be two distinct names, got {view_keys}.")
-        blur_prob, solarize_prob = tuple(blur_prob), tuple(solarize_prob)
-        if len(blur_prob) != 2 or len(solarize_prob) != 2:
-            raise ValueError("blur_prob and solarize_prob are (view1, view2) pairs.")
+        self.config = TwoViewConfig.build(config, **options)
         self.view_keys = tuple(view_keys)
         self.keep_source = keep_source
-        shared = dict(
-            image_size=image_size, scale=scale, ratio=ratio, flip_prob=flip_prob, rotate_range=rotate_range,
-            rotate_prob=rotate_prob, jitter_prob=jitter_prob, brightness=brightness, contrast=contrast,
-            blur_sigma=blur_sigma, solarize_threshold=solarize_threshold, mean=mean, std=std, padding_mode=padding_mode,
-        )
-        self.pipelines = (
-            view_pipeline(blur_prob=blur_prob[0], solarize_prob=solarize_prob[0], **shared),
-            view_pipeline(blur_prob=blur_prob[1], solarize_prob=solarize_prob[1], **shared),
-        )
+        self.pipelines = tuple(view_pipeline(**self.config.view_options(v)) for v in (0, 1))
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> TwoViewAugmentd:
         super().set_random_state(seed=seed, state=state)

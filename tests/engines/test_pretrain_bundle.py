@@ -1,4 +1,5 @@
-"""The pretraining bundle (bundles/pretrain.json -> bundles/mlvicx_cxr/configs/pretrain.json) end to end: demo run, MLflow record, encoder export, kill-and-resume, DDP overlay."""
+"""The pretraining bundle (bundles/pretrain.json -> bundles/mlvicx_cxr/configs/pretrain.json) end to end: demo run,
+MLflow record, encoder export, kill-and-resume, DDP overlay, augmentation on the device."""
 
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
+from mlvicx_monai.bundle import root_cause
 from mlvicx_monai.data.datalist import load_datalist
 from mlvicx_monai.data.demo import prepare_data
 from mlvicx_monai.networks import MLVICXEncoder
 from mlvicx_monai.networks.artifacts import load_model
+from mlvicx_monai.transforms import BatchedTwoViewAugment
+
+pytestmark = pytest.mark.slow  # bundle runs in subprocesses
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -58,7 +64,8 @@ def test_demo_run_exports_encoder_checkpoint_and_mlflow_run(demo_dir, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     encoder, info = load_model(out / "encoder.pt", expect="encoder")  # strict: every key and shape
-    assert isinstance(encoder, MLVICXEncoder) and info.config["levels"] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert isinstance(encoder, MLVICXEncoder)
+    assert info.config["levels"] == ["stem", "layer1", "layer2", "layer3", "layer4"]
     assert info.preprocessing.image_size == 64 and info.preprocessing.source_size == 64
     fresh = MLVICXEncoder.from_config(info.config)
     fresh.load_state_dict(torch.load(out / "encoder.pt", weights_only=True)["state_dict"], strict=True)
@@ -96,7 +103,8 @@ def test_demo_run_exports_encoder_checkpoint_and_mlflow_run(demo_dir, tmp_path):
 
 def test_sigkill_mid_epoch_then_rerun_resumes_the_same_run(demo_dir, tmp_path):
     out, uri = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
-    command = _command(demo_dir, out, uri, "--epochs", "3", "--checkpoint_every_n_iterations", "2", "--run_name", "t-kill")
+    command = _command(demo_dir, out, uri, "--epochs", "3", "--checkpoint_every_n_iterations", "2",
+                       "--run_name", "t-kill")
     process = subprocess.Popen(command, cwd=REPO, env=_env(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = out / "checkpoints" / "last.json"
@@ -148,3 +156,43 @@ def test_multi_gpu_overlay_runs_two_gloo_processes_on_cpu(demo_dir, tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED", "only rank 0 may talk to MLflow"
     # global batch 8 = 4 per rank; each rank sees half the training images
     assert json.loads((out / "checkpoints" / "last.json").read_text())["iteration"] == (_n_train(demo_dir) // 2) // 4
+
+
+def _pretrain_parser(demo_dir: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "mlvicx_cxr" / "configs" / "pretrain.json"))
+    parser.update({"dataset_dir": str(demo_dir), "demo_images": 48, "demo_raw_size": 128, "demo_cache_size": 64,
+                   "image_size": 32, "num_workers": 0, "track": False, **overrides})
+    return parser
+
+
+def test_augment_on_device_keeps_the_uint8_image_and_gives_the_step_the_augmentation(demo_dir):
+    parser = _pretrain_parser(demo_dir, augment_on="device", crop_mode="bicubic")
+    sample = parser.get_parsed_content("train#dataset")[0]
+    assert set(sample) == {"image"} and sample["image"].dtype == torch.uint8 and sample["image"].shape == (1, 64, 64)
+    step = parser.get_parsed_content("train#step")
+    assert isinstance(step.augment, BatchedTwoViewAugment) and step.compile is False
+    assert step.augment.config.crop_mode == "bicubic" and step.augment.config.image_size == 32
+    cpu = _pretrain_parser(demo_dir, crop_mode="bicubic")
+    assert cpu.get_parsed_content("train#step").augment is None
+    assert cpu.get_parsed_content("train#preprocessing").transforms[1].config == step.augment.config  # one config
+    with pytest.raises(Exception) as err:
+        _pretrain_parser(demo_dir, augment_on="gpu").get_parsed_content("train#step")
+    assert "augment_on must be one of ('cpu', 'device'), got 'gpu'" in str(root_cause(err.value))
+
+
+def test_demo_run_with_augmentation_on_the_device(demo_dir, tmp_path):
+    out, uri = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
+    command = _command(demo_dir, out, uri, "--epochs", "1", "--augment_on", "device", "--crop_mode", "bicubic",
+                       "--run_name", "t-device-aug")
+    result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    load_model(out / "encoder.pt", expect="encoder")
+    resume = json.loads((out / "checkpoints" / "last.json").read_text())
+    assert resume["iteration"] == _n_train(demo_dir) // 8
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["objects"]["step"]["augment"]["generators"]["cpu"].dtype == torch.uint8  # the generator's state
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(resume["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["augment_on"] == "device"
+    assert run.data.params["crop_mode"] == "bicubic" and run.data.params["compile"] == "False"
+    assert torch.isfinite(torch.tensor(run.data.metrics["train/loss"]))

@@ -1,4 +1,5 @@
-"""The pretraining step and its handlers on a tiny model: events, NaN guard, exact resumption."""
+"""The pretraining step and its handlers on a tiny model: events, NaN guard, exact resumption, augmentation on the
+device, torch.compile and the engine's inferer."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from mlvicx_monai.engines import NonFiniteGuard, NonFiniteLossError, PretrainSte
 from mlvicx_monai.engines.checkpoint import CheckpointError
 from mlvicx_monai.losses import MLVICXLoss
 from mlvicx_monai.optim import LARS, lars_param_groups, warmup_cosine
+from mlvicx_monai.transforms import BatchedTwoViewAugment
 
 
 class TinySiamese(torch.nn.Module):
@@ -32,24 +34,36 @@ class TinySiamese(torch.nn.Module):
 def _data(n_batches: int = 4, batch: int = 8):
     generator = torch.Generator().manual_seed(0)
     return [
-        {"view1": torch.randn(batch, 1, 8, 8, generator=generator), "view2": torch.randn(batch, 1, 8, 8, generator=generator)}
+        {"view1": torch.randn(batch, 1, 8, 8, generator=generator),
+         "view2": torch.randn(batch, 1, 8, 8, generator=generator)}
         for _ in range(n_batches)
     ]
 
 
-def _trainer(tmp_path, epochs: int, loss=None, seed: int = 0, guard: bool = True):
+def _images(n_batches: int = 4, batch: int = 8):
+    """Cached uint8 images (B, 1, 12, 12), as the data loader yields them with augment_on=device."""
+    generator = torch.Generator().manual_seed(0)
+    return [{"image": torch.randint(0, 256, (batch, 1, 12, 12), generator=generator, dtype=torch.uint8)}
+            for _ in range(n_batches)]
+
+
+def _trainer(tmp_path, epochs: int, loss=None, seed: int = 0, guard: bool = True, device_augment: bool = False,
+             **step_options):
     torch.manual_seed(seed)
     model = TinySiamese()
     optimizer = LARS(lars_param_groups(model, 1e-6), lr=0.1)
     scheduler = warmup_cosine(optimizer, 0.5, 4, 4 * 6)
-    step = PretrainStep(scheduler=scheduler, amp="none")
+    augment = BatchedTwoViewAugment(image_size=8, seed=seed) if device_augment else None
+    step = PretrainStep(scheduler=scheduler, amp="none", augment=augment, **step_options)
     monitor = TrainingMonitor(every=2, optimizer=optimizer, log=False)
     handlers = ([NonFiniteGuard(every=2)] if guard else []) + [
-        monitor, ResumableCheckpoint(tmp_path, {"network": model, "optimizer": optimizer, "scheduler": scheduler, "step": step})
+        monitor,
+        ResumableCheckpoint(tmp_path, {"network": model, "optimizer": optimizer, "scheduler": scheduler, "step": step}),
     ]
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=_data(), network=model, optimizer=optimizer,
-        loss_function=loss or MLVICXLoss(), iteration_update=step, train_handlers=handlers, decollate=False,
+        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=_images() if device_augment else _data(),
+        network=model, optimizer=optimizer, loss_function=loss or MLVICXLoss(), iteration_update=step,
+        train_handlers=handlers, decollate=False,
     )
     return trainer, model
 
@@ -87,12 +101,14 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_before_any_checkpoint(tmp_
     assert saved["iteration"] == 4  # the epoch-1 checkpoint; nothing written after the NaN step
 
 
-def test_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(tmp_path):
-    whole, whole_model = _trainer(tmp_path / "whole", epochs=6)
+@pytest.mark.parametrize("device_augment", [False, True])
+def test_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(tmp_path, device_augment):
+    whole, whole_model = _trainer(tmp_path / "whole", epochs=6, device_augment=device_augment)
     whole.run()
-    first, _ = _trainer(tmp_path / "split", epochs=3)
+    first, _ = _trainer(tmp_path / "split", epochs=3, device_augment=device_augment)
     first.run()
-    second, second_model = _trainer(tmp_path / "split", epochs=6, seed=123)  # other init: all state must come from the checkpoint
+    # other init and augmentation seed: all state (the augmentation's generator too) must come from the checkpoint
+    second, second_model = _trainer(tmp_path / "split", epochs=6, seed=123, device_augment=device_augment)
     second.run()
     assert second.state.iteration == whole.state.iteration == 24
     for (name, a), b in zip(whole_model.state_dict().items(), second_model.state_dict().values()):
@@ -111,3 +127,51 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     )
     with pytest.raises(CheckpointError, match="does not fit"):
         other.run()
+
+
+def test_device_augmentation_makes_the_views_in_the_step(tmp_path):
+    trainer, _ = _trainer(tmp_path, epochs=1, device_augment=True)
+    views = []
+    trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, lambda e: views.append(e.state.output["pred"]["z1"]))
+    trainer.run()
+    assert len(views) == 4 and int(trainer.state.output["batch_size"]) == 8
+    assert torch.isfinite(trainer.state.output["loss"])
+    step = trainer._process_function  # ignite's process function is the iteration_update
+    assert isinstance(step, PretrainStep) and step.state_dict()["augment"]["generators"]  # checkpointed
+
+
+def test_device_augmentation_needs_the_cached_image_and_the_cpu_path_the_views(tmp_path):
+    trainer, _ = _trainer(tmp_path, epochs=1, device_augment=True)
+    trainer.data_loader = _data()  # views, no image: the preprocessing and augment_on disagree
+    with pytest.raises(KeyError, match="'image'.*augment_on"):
+        trainer.run()
+    plain, _ = _trainer(tmp_path / "plain", epochs=1)
+    plain.data_loader = _images()
+    with pytest.raises(KeyError, match="view1.*augment_on=device"):
+        plain.run()
+
+
+class CountingInferer:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, inputs, network, *args):
+        self.calls += 1
+        return network(inputs, *args)
+
+
+def test_compiled_step_uses_the_inferer_and_matches_eager(tmp_path):
+    eager, eager_model = _trainer(tmp_path / "eager", epochs=1)
+    eager.run()
+    # the "eager" backend compiles the graph with dynamo and runs it without code generation (fast on CPU)
+    compiled, compiled_model = _trainer(tmp_path / "compiled", epochs=1, compile=True,
+                                        compile_options={"backend": "eager"})
+    compiled.inferer = CountingInferer()
+    compiled.run()
+    assert compiled.inferer.calls == 4
+    step = compiled._process_function
+    assert step._compiled is not None and step._compiled[0] is compiled_model
+    for a, b in zip(eager_model.state_dict().values(), compiled_model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        PretrainStep(compile="yes")
