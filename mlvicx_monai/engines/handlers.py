@@ -165,11 +165,11 @@ class TrainingMonitor:
         if self.log:
             logger.info(
                 "epoch %d iter %d loss %.4f  %.1f samples/s  std(global) mean %.3f min %.3f  "
-                "normalised std x sqrt(d) %.3f",
+                "normalised std x sqrt(d) %.3f  effective rank %.1f",
                 engine.state.epoch, engine.state.iteration, stats.get("train/loss", math.nan),
                 stats["throughput/samples_per_s"], stats.get("std/global_mean", math.nan),
                 stats.get("std/global_min", math.nan),
-                stats.get("nstd/global_mean", math.nan),
+                stats.get("nstd/global_mean", math.nan), stats.get("rank/global", math.nan),
             )
 
     def _epoch_completed(self, engine: Engine) -> None:

@@ -1,8 +1,8 @@
 """One MLVICX pretraining iteration, as the ``iteration_update`` of MONAI's ``SupervisedTrainer``.
 
 The step keeps everything on the device: it returns detached tensors (loss terms, per-dimension
-embedding std) and never calls ``.item()``, so the host never waits for the GPU inside a step. Handlers
-read the output every ``log_every`` iterations (see :mod:`mlvicx_monai.engines.handlers`).
+embedding std, the batch embeddings) and never calls ``.item()``, so the host never waits for the GPU inside a
+step. Handlers read the output every ``log_every`` iterations (see :mod:`mlvicx_monai.engines.handlers`).
 
 With ``augment`` (the bundle's ``augment_on: "device"``) the data loader yields the cached uint8 images and the
 step makes the two views on the device (:class:`~mlvicx_monai.transforms.BatchedTwoViewAugment`); with
@@ -219,6 +219,8 @@ class PretrainStep:
                     # scale-free: std of L2-normalised embeddings x sqrt(d) is ~1 when the batch spreads over
                     # all directions and 0 when it collapses to one point, whatever the output scale
                     output[f"nstd/{name}"] = torch.nn.functional.normalize(z, dim=1).std(dim=0) * z.shape[1] ** 0.5
+                    # the batch itself (detached, no copy): TrainingMonitor takes its effective rank every interval
+                    output[f"emb/{name}"] = z
         output["batch_size"] = torch.tensor(view1.shape[0])
         engine.state.output = output
         # MONAI handlers that read the loss wait for this event (SPEC section 6)

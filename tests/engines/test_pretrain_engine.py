@@ -75,9 +75,12 @@ def test_step_fires_model_completed_and_keeps_outputs_on_device(tmp_path):
     trainer.run()
     assert len(seen) == 4
     output = trainer.state.output
-    assert {"loss", "global/inv", "global/var", "global/cov", "local/inv", "std/global", "nstd/local"} <= set(output)
+    assert {"loss", "global/inv", "global/var", "global/cov", "local/inv", "std/global", "nstd/local",
+            "emb/global", "emb/local"} <= set(output)
     assert output["std/global"].shape == (8,)
-    assert set(trainer.state.train_stats) >= {"train/loss", "lr", "throughput/samples_per_s", "std/global_mean"}
+    assert set(trainer.state.train_stats) >= {"train/loss", "lr", "throughput/samples_per_s", "std/global_mean",
+                                              "rank/global", "rank/local"}
+    assert 1.0 <= trainer.state.train_stats["rank/global"] <= output["emb/global"].shape[0]
 
 
 class NaNAfter(MLVICXLoss):
