@@ -139,6 +139,7 @@ print(hashlib.sha256(json.dumps([list(map(str, split)), fr.tolist(), keep.tolist
 """
 
 
+@pytest.mark.slow  # fresh interpreters with other PYTHONHASHSEEDs
 def test_reproducible_across_hash_seeds():
     outputs = set()
     for hash_seed in ("0", "12345"):
