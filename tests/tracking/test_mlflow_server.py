@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -108,20 +107,12 @@ def test_cli_list_and_show_against_server(mlflow_server, on_server, capsys, monk
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def test_cli_unreachable_server_fails_fast(capsys, monkeypatch):
-    start = time.monotonic()
-    assert registry_cli(["list", "--tracking-uri", "http://127.0.0.1:9"]) == 1
-    assert time.monotonic() - start < 10
-    assert "MLflow server http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def test_phi_audit_of_the_server_store(mlflow_server, on_server):
     client = mlflow.MlflowClient(mlflow_server.uri, registry_uri=mlflow_server.uri)
-    clean = audit_phi(["DOE^JOHN", "PAT-31337"], backend_store=mlflow_server.backend_db, artifact_root=mlflow_server.artifacts)
+    clean = audit_phi(["ROE^RICHARD", "PAT-31337"], backend_store=mlflow_server.backend_db, artifact_root=mlflow_server.artifacts)
     assert clean == []
-    client.set_model_version_tag(TEST_NAMES["encoder"], "1", "planted", "referred by doe^john")
-    hits = audit_phi(["DOE^JOHN", "PAT-31337"], backend_store=mlflow_server.backend_db, artifact_root=mlflow_server.artifacts)
-    assert [(h.where, h.value) for h in hits] == [("database", "DOE^JOHN")]
+    client.set_model_version_tag(TEST_NAMES["encoder"], "1", "planted", "referred by roe^richard")
+    hits = audit_phi(["ROE^RICHARD", "PAT-31337"], backend_store=mlflow_server.backend_db, artifact_root=mlflow_server.artifacts)
+    assert [(h.where, h.value) for h in hits] == [("database", "ROE^RICHARD")]
     assert hits[0].location.startswith("model_version_tags.value")
     client.delete_model_version_tag(TEST_NAMES["encoder"], "1", "planted")
