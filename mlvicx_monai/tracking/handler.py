@@ -17,7 +17,15 @@ from monai.handlers import MLFlowHandler
 
 from mlvicx_monai.engines.checkpoint import read_resume_info
 from mlvicx_monai.engines.distributed import is_rank0
-from mlvicx_monai.tracking.runs import finish_run, flatten_params, open_run, provenance_tags, resolve_tracking_uri, ui_command
+from mlvicx_monai.tracking.runs import (
+    finish_run,
+    flatten_params,
+    log_datalist,
+    open_run,
+    provenance_tags,
+    resolve_tracking_uri,
+    ui_command,
+)
 
 __all__ = ["TrackedRun", "RunLogger", "RunMLFlowHandler", "RunCompletion"]
 
@@ -124,6 +132,8 @@ class TrackedRun:
         if resume_id:  # tags may have changed (code version, hardware): keep the latest
             for key, value in all_tags.items():
                 self.client.set_tag(self._run_id, key, value)
+        elif self.datalist is not None and Path(self.datalist).exists():
+            log_datalist(self.client, self._run_id, self.datalist)
         return self
 
     @property

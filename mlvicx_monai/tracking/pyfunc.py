@@ -2,10 +2,10 @@
 
 Why not MLflow's own PyTorch flavour (measured with MLflow 3.17.2, torch 2.13 CPU; see tests/tracking):
 
-- ``pt2`` (torch.export, MLflow's default outside Databricks): the encoder cannot be exported (its
-  :class:`EncoderOutput` NamedTuple output has no registered serialisation); MONAI's stock ``FlexibleUNet``
-  (resnet18 backbone) fails ("fake tensor in the exported program constant's list"); our ``MLVICXUNet``
-  and the classifier do export, but what loads back is a ``GraphModule`` (no ``.encoder``, no frozen-encoder
+- ``pt2`` (torch.export, MLflow's default outside Databricks): MONAI's stock ``FlexibleUNet`` (resnet18
+  backbone) fails ("fake tensor in the exported program constant's list"); our encoder, ``MLVICXUNet`` and the
+  classifier do export, but what loads back is a ``GraphModule`` (no ``forward_features``, no ``.encoder``, no
+  frozen-encoder
   semantics, no GradCAM layer name, cannot be re-exported as ``encoder.pt``), shapes are guarded to what the
   signature declares, and export costs 10-35 s per model on 2 CPU cores.
 - ``pickle`` (cloudpickle of the module): round-trips, but loading unpickles arbitrary code (MLflow warns),

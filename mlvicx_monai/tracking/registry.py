@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ __all__ = [
     "list_models",
     "load_model",
     "log_and_register",
+    "model_card",
     "registry_client",
     "resolve_model",
     "set_alias",
@@ -91,9 +92,13 @@ _WEIGHTS_NAMES = ("model.pt", "encoder.pt", "weights.pt")
 KINDS = tuple(k.value for k in ModelKind)
 _CACHE_ENV = "MLVICX_REGISTRY_CACHE"
 _PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
+#: the mlvicx_monai package folder, logged with every model (``code_paths``): ``mlflow models serve`` and
+#: ``mlflow.pyfunc.load_model`` import it from the model itself, in any environment with the pip requirements
+_PACKAGE = Path(__file__).resolve().parents[1]
 _DESCRIPTIONS = {
     "encoder": "MLVICX pretrained encoder (ResNet18 + context-bottleneck blocks); artifacts/encoder.pt loads "
-    "with mlvicx_monai.networks.load_encoder. Input float32 [B, 1, H, W]; pyfunc output: pooled [B, 512].",
+    "with mlvicx_monai.networks.load_model(path, expect='encoder'). Input float32 [B, 1, H, W]; pyfunc output: "
+    "pooled [B, 512].",
     "classifier": "Chest X-ray classifier (MLVICX encoder + linear head). Input float32 [B, 1, H, W]; "
     "output logits [B, C].",
     "segmenter": "Pneumothorax U-Net (MONAI FlexibleUNet, MLVICX encoder). Input float32 [B, 1, H, W], H and W "
@@ -599,7 +604,8 @@ def _requirements() -> list[str]:
     import importlib.metadata as md
 
     reqs = []
-    for package in ("mlvicx-monai", "torch", "monai", "pytorch-ignite", "mlflow", "numpy"):
+    # the package itself ships with the model (code_paths), so it is not a pip requirement
+    for package in ("torch", "monai", "pytorch-ignite", "mlflow", "numpy", "pillow"):
         try:
             reqs.append(f"{package}=={md.version(package).split('+')[0]}")
         except md.PackageNotFoundError:
@@ -609,15 +615,16 @@ def _requirements() -> list[str]:
 
 @contextlib.contextmanager
 def _global_uris(uri: str) -> Iterator[None]:
-    """MLflow's global tracking/registry URIs set to ``uri`` for a block (``Model.log`` reads them), then restored
-    exactly, environment variables included (``mlflow.set_tracking_uri`` exports ``$MLFLOW_TRACKING_URI``)."""
+    """MLflow's global tracking/registry URIs set to ``uri`` for a block (``Model.log`` and the ``models:/`` artifact
+    repository read them), then restored with MLflow's public setters, environment variables included
+    (``mlflow.set_tracking_uri`` exports ``$MLFLOW_TRACKING_URI``)."""
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    from mlflow.tracking import is_tracking_uri_set
 
     env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    before_t = getattr(tracking_utils, "_tracking_uri", None)
-    before_r = getattr(registry_utils, "_registry_uri", None)
+    before_t = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
+    before_r = mlflow.get_registry_uri()
+    before_r = before_r if before_r != mlflow.get_tracking_uri() else None  # unset: it follows the tracking URI
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
@@ -749,11 +756,15 @@ def log_and_register(
                 run_id=run_id, model_id=logged.model_id,
                 python_model=str(_PYFUNC_CODE), artifacts=artifacts,
                 signature=_signature(info), input_example=np.zeros(shape, dtype=np.float32),
-                pip_requirements=_requirements(), model_config={"torch_device": "cpu"},
+                pip_requirements=_requirements(), model_config={"torch_device": "cpu"}, code_paths=[str(_PACKAGE)],
                 metadata={"mlvicx_kind": kind, "mlvicx_format": info.format},
             )
+    for key, value in (metrics or {}).items():  # the test metrics on the LoggedModel (MLflow 3 model metrics)
+        client.log_metric(run_id, key, float(value), model_id=logged.model_id)
     if not register:
         return None
+    if description is None:
+        description = model_card(info, name, version_tags, metrics)
     try:
         client.create_registered_model(name, description=_DESCRIPTIONS[kind])
     except MlflowException as err:
@@ -768,6 +779,33 @@ def log_and_register(
     if alias:
         set_alias(name, version.version, alias, tracking_uri=uri)
     return client.get_model_version(name, version.version)
+
+
+def model_card(info: ArtifactInfo, name: str, tags: Mapping[str, str], metrics: Mapping[str, float] | None = None) -> str:
+    """Markdown description of a registered version: what the model is, the data it was trained on (datalist id and
+    checksum, never patient data), its test metrics, intended use and how to load it."""
+    rows = "\n".join(f"| {k} | {float(v):.4f} |" for k, v in sorted((metrics or {}).items())) or "| (none recorded) | |"
+    classes = ", ".join(info.class_names) if info.class_names else "-"
+    size = info.preprocessing.image_size if info.preprocessing is not None else "-"
+    use = {
+        "encoder": "initialising downstream chest X-ray classifiers and segmenters (bundles classify.json, "
+        "segment.json: `--pretrained models:/NAME@ALIAS`); not a diagnostic model",
+        "classifier": "research triage of frontal chest radiographs for the classes above; not a medical device, "
+        "not for diagnosis without a radiologist",
+        "segmenter": "research segmentation of pneumothorax on frontal chest radiographs; not a medical device",
+    }[info.kind.value]
+    encoder = tags.get(f"{_PREFIX}encoder.uri", "-")
+    return (
+        f"# {name}\n\n{_DESCRIPTIONS[info.kind.value]}\n\n"
+        f"## Data\n\n- datalist: `{tags.get(f'{_PREFIX}datalist_id', '-')}`\n"
+        f"- datalist SHA-256: `{tags.get(f'{_PREFIX}datalist_checksum', '-')}`\n"
+        f"- input: {size} x {size} px, classes: {classes}\n- pretrained encoder: `{encoder}`\n\n"
+        f"## Test metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+        f"## Intended use\n\n{use}.\n\n"
+        f"## Load\n\n`mlvicx_monai.tracking.registry.load_model('models:/{name}/<version>')`, or "
+        f"`mlflow models serve -m models:/{name}/<version>`\n\n"
+        f"Source run: `{tags.get(f'{_PREFIX}source_run_id', '-')}`, code: `{tags.get(f'{_PREFIX}git_commit', '-')}`\n"
+    )
 
 
 def _same_version(client, name: str, run_id: str, sha: str):

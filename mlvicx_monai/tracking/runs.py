@@ -28,6 +28,8 @@ __all__ = [
     "open_run",
     "finish_run",
     "provenance_tags",
+    "standard_tags",
+    "log_datalist",
     "flatten_params",
     "ui_command",
 ]
@@ -155,14 +157,37 @@ def _git(*args: str) -> str | None:
         return None
 
 
+def standard_tags(commit: str | None = None) -> dict[str, str]:
+    """MLflow's standard run tags (the names in :mod:`mlflow.utils.mlflow_tags`, shown in the MLflow UI): who started the
+    run (``mlflow.user``), what (``mlflow.source.name``: the program, ``mlflow.source.type``: ``LOCAL``) and, in a git
+    checkout only, the code (``mlflow.source.git.commit``; absent otherwise, never a placeholder)."""
+    import getpass
+
+    from mlflow.entities import SourceType
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        user = "unknown"
+    main = sys.modules.get("__main__")
+    source = getattr(getattr(main, "__spec__", None), "name", None) or Path(sys.argv[0] or "python").name
+    tags = {MLFLOW_USER: user, MLFLOW_SOURCE_NAME: source, MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
+    commit = commit if commit is not None else _git("rev-parse", "HEAD")
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
 def provenance_tags() -> dict[str, str]:
-    """Code version, package versions and hardware of this process (no user or patient data)."""
+    """MLflow's standard tags (:func:`standard_tags`), code version, package versions and hardware of this process
+    (no patient data)."""
     import importlib.metadata as md
 
     import torch
 
-    tags: dict[str, str] = {}
     commit = _git("rev-parse", "HEAD")
+    tags: dict[str, str] = standard_tags(commit or "")
     tags[f"{_TAG_PREFIX}git_commit"] = commit or "unknown (not a git checkout)"
     if commit:
         status = _git("status", "--porcelain", "--untracked-files=no")
@@ -195,3 +220,50 @@ def flatten_params(config: dict[str, Any], prefix: str = "", max_len: int = 500)
             text = str(value)
             flat[name] = text if len(text) <= max_len else text[: max_len - 3] + "..."
     return flat
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory when below it, else its last two parts (never an absolute path:
+    a folder name can carry an institution's or a patient's name)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(*path.resolve().parts[-2:]).as_posix()
+
+
+def log_datalist(client, run_id: str, datalist: str | os.PathLike) -> list[str]:
+    """Record ``datalist`` as the run's input dataset (MLflow's Datasets tab), once per split it has (context
+    ``train`` / ``val`` / ``test``); returns the contexts logged.
+
+    Each record holds the dataset name and split (``demo-train``), the digest (the first 32 hex digits of the
+    datalist's SHA-256), the datalist's
+    relative path as its source, and a profile of split sizes and class names: never a patient id or a file name.
+    """
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from mlvicx_monai.data.datalist import SPLIT_KEYS, datalist_checksum, read_datalist
+
+    document = read_datalist(datalist)
+    sizes = {split: len(document.get(key) or []) for split, key in SPLIT_KEYS.items() if split != "excluded"}
+    profile = {"num_rows": sizes, "class_names": list(document.get("class_names") or [])}
+    manifest = (document.get("splits") or {}).get("manifest_id")
+    if manifest:
+        profile["splits"] = str(manifest)
+    digest, source = datalist_checksum(datalist)[:32], json.dumps({"uri": _relative(Path(datalist))})
+    name = str(document.get("dataset") or "datalist")
+    contexts = [split for split, n in sizes.items() if n]
+    # one dataset record per split (MLflow keeps one input per name and digest): "<dataset>-<split>", one digest
+    inputs = [
+        DatasetInput(
+            Dataset(name=f"{name}-{split}", digest=digest, source_type="local", source=source,
+                    profile=json.dumps({**profile, "split": split})),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)],
+        )
+        for split in contexts
+    ]
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+    return contexts

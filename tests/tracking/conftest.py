@@ -180,14 +180,30 @@ def model_zoo():
     return {"encoder": encoder, "classifier": classifier, "segmenter": segmenter}
 
 
+@pytest.fixture(scope="session")
+def model_files(model_zoo, tmp_path_factory) -> dict[str, Path]:
+    """The model zoo written as this project's artifacts (``encoder.pt`` / ``model.pt``, what the bundles register),
+    downstream models with class names and the preprocessing record (deployable)."""
+    from mlvicx_monai.networks.artifacts import save_model
+    from mlvicx_monai.transforms import Preprocessing
+
+    root = tmp_path_factory.mktemp("model-files")
+    prep = Preprocessing(image_size=INPUT_SHAPE[-1])
+    files = {"encoder": save_model(model_zoo["encoder"], root / "encoder" / "encoder.pt", provenance={"seed": 0})}
+    names = {"classifier": ["a", "b", "c"], "segmenter": ["pneumothorax"]}
+    for kind, classes in names.items():
+        files[kind] = save_model(model_zoo[kind], root / kind / "model.pt", preprocessing=prep, class_names=classes,
+                                 threshold=0.5, provenance={"task": kind})
+    return files
+
+
 def reference_output(model, kind: str, x):
-    """What the registered model must reproduce (the pyfunc's output: pooled embedding / logits)."""
+    """What the registered model must reproduce (the pyfunc's output: the model's forward, i.e. the pooled embedding
+    of an encoder, logits of a classifier or U-Net)."""
     import torch
 
-    from mlvicx_monai.tracking.pyfunc import forward_array
-
     with torch.no_grad():
-        return forward_array(model, kind, x)
+        return model(x)
 
 
 _FRESH_SCRIPT = r"""
@@ -195,8 +211,7 @@ import json, sys
 import numpy as np
 import torch
 import mlflow
-from mlvicx_monai.networks import load_encoder
-from mlvicx_monai.tracking.pyfunc import forward_array
+from mlvicx_monai.networks.artifacts import load_model as load_artifact
 from mlvicx_monai.tracking.registry import download_encoder, load_model
 
 spec = json.load(open(sys.argv[1]))
@@ -205,7 +220,7 @@ for item in spec["models"]:
     x, expected = torch.load(item["input"]), torch.load(item["expected"])
     model = load_model(item["uri"])
     with torch.no_grad():
-        got = forward_array(model, item["kind"], x)
+        got = model(x)
     report[item["uri"]] = {
         "class": type(model).__name__,
         "training": model.training,
@@ -216,7 +231,7 @@ for item in spec["models"]:
         report[item["uri"]]["pyfunc_max_abs_diff"] = float(np.abs(served - expected.numpy()).max())
 if spec.get("encoder_uri"):
     path = download_encoder(spec["encoder_uri"])
-    encoder, info = load_encoder(path)
+    encoder, info = load_artifact(path, expect="encoder")
     reference = torch.load(spec["encoder_state"])
     report["download_encoder"] = {
         "path": str(path),
@@ -255,7 +270,9 @@ def fresh_process(tmp_path: Path):
         (work / "spec.json").write_text(json.dumps(spec))
         (work / "check.py").write_text(_FRESH_SCRIPT)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-        env.update({"MLFLOW_TRACKING_URI": tracking_uri, "MLVICX_REGISTRY_CACHE": str(work / "cache"),
+        repo = str(Path(__file__).resolve().parents[2])  # the process runs in tmp: import this checkout's code
+        env.update({"PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])]),
+                    "MLFLOW_TRACKING_URI": tracking_uri, "MLVICX_REGISTRY_CACHE": str(work / "cache"),
                     "PYTHONWARNINGS": "ignore"})
         done = subprocess.run([sys.executable, str(work / "check.py"), str(work / "spec.json")], cwd=work, env=env,
                               capture_output=True, text=True, timeout=300)

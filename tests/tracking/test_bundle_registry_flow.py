@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from mlvicx_monai.engines.infer import CXRInference
-from mlvicx_monai.networks import load_encoder
-from mlvicx_monai.networks.downstream_io import load_downstream
+from mlvicx_monai.networks import load_model
 
 from .conftest import running_server
 
@@ -30,12 +29,13 @@ DATA = ["--demo_images", "64", "--demo_raw_size", "128", "--demo_cache_size", "6
         "--batch_size", "8", "--num_workers", "0"]
 PRETRAIN = [*DATA, "--epochs", "1", "--warmup_epochs", "0", "--expander_dim", "256", "--log_every", "2"]
 CLASSIFY = [*DATA, "--max_epochs", "2", "--n_boot", "50", "--protocol", "finetune", "--classes", "all"]
+CONFIGS = REPO / "bundles" / "mlvicx_cxr" / "configs"
 
 
 def _bundle(name: str, cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` of ``bundles/<name>.json`` with the working directory ``cwd`` (so the default
-    ``runs/...`` outputs and the default ``./mlruns`` store land there)."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO / "bundles" / f"{name}.json"), *args]
+    """``python -m monai.bundle run`` of ``bundles/mlvicx_cxr/configs/<name>.json`` with the working directory ``cwd``
+    (so the default ``runs/...`` outputs and the default ``./mlflow.db`` store land there)."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / f"{name}.json"), *args]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{name} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-5000:]}"
     return done
@@ -50,16 +50,18 @@ def _probabilities(path: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(params=["server", "embedded"])
 def store(request, tmp_path, tmp_path_factory) -> Iterator[tuple[str, dict[str, str], str]]:
     """``(kind, environment of the bundle processes, tracking URI the test reads)``: the real server through
-    ``MLFLOW_TRACKING_URI``, or no URI at all (the embedded default ``sqlite:///./mlruns/mlflow.db``)."""
+    ``MLFLOW_TRACKING_URI``, or no URI at all (the embedded default ``sqlite:///./mlflow.db``, artifacts in
+    ``./mlruns``). ``PYTHONPATH`` names this checkout: the processes run elsewhere and must import this code."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update({"OMP_NUM_THREADS": "1", "MLVICX_DEID_SECRET_FILE": str(tmp_path / "deid.secret"),
+    env.update({"PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                "OMP_NUM_THREADS": "1", "MLVICX_DEID_SECRET_FILE": str(tmp_path / "deid.secret"),
                 "MLVICX_REGISTRY_CACHE": str(tmp_path / "registry-cache"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
     if request.param == "server":  # its own server: the registry starts empty, whatever other tests register
         with running_server(tmp_path_factory.mktemp("flow-server")) as server:
             env["MLFLOW_TRACKING_URI"] = server.uri
             yield "server", env, server.uri
         return
-    yield "embedded", env, f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    yield "embedded", env, f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def test_pretrain_classify_register_promote_load_and_deploy(store, tmp_path, fresh_process, monkeypatch):
@@ -86,11 +88,11 @@ def test_pretrain_classify_register_promote_load_and_deploy(store, tmp_path, fre
     assert done.returncode == 0 and "cxr-classifier-demo@champion -> version" in done.stdout, done.stderr
 
     # a new process loads the champions and reproduces the trained models' outputs on the same input
-    classifier, info = load_downstream(tmp_path / "runs" / "classify" / "model.pt")
-    encoder = load_encoder(tmp_path / "runs" / "pretrain" / "encoder.pt")[0].eval()
+    classifier, _ = load_model(tmp_path / "runs" / "classify" / "model.pt", expect="classifier")
+    encoder, _ = load_model(tmp_path / "runs" / "pretrain" / "encoder.pt", expect="encoder")
     x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        expected = {"classifier": classifier(x), "encoder": encoder(x).pooled}
+        expected = {"classifier": classifier(x), "encoder": encoder(x)}
     items = [(f"models:/{name}@champion", k, x, expected[k]) for name, k in
              (("cxr-classifier-demo", "classifier"), ("mlvicx-encoder", "encoder"))]
     report = fresh_process(uri, items)
@@ -99,12 +101,13 @@ def test_pretrain_classify_register_promote_load_and_deploy(store, tmp_path, fre
     assert report[items[0][0]]["pyfunc_max_abs_diff"] < 1e-5
 
     # infer.json deploys whatever is champion: its predictions are those of the trained model.pt
-    _bundle("infer", tmp_path, env, "--model", "models:/cxr-classifier-demo@champion", "--min_probability", "0.0",
+    _bundle("inference", tmp_path, env, "--model", "models:/cxr-classifier-demo@champion", "--min_probability", "0.0",
             "--top_k", "1", "--demo_images", "4", "--demo_size", "128")
     deployed = _probabilities(tmp_path / "runs" / "infer" / "predictions.csv")
     monkeypatch.setenv("MLVICX_DEID_SECRET_FILE", env["MLVICX_DEID_SECRET_FILE"])
-    local = CXRInference(tmp_path / "runs" / "demo_data" / "pacs" / "export", tmp_path / "runs" / "classify" / "model.pt",
-                         tmp_path / "local-infer", save_heatmaps=False)
+    local = CXRInference.from_paths(tmp_path / "runs" / "demo_data" / "pacs" / "export",
+                                    tmp_path / "runs" / "classify" / "model.pt", tmp_path / "local-infer",
+                                    save_heatmaps=False, top_k=1, min_probability=0.0)
     local.run()
     reference = _probabilities(tmp_path / "local-infer" / "predictions.csv")
     assert deployed.keys() == reference.keys() and len(deployed) >= 4
@@ -112,4 +115,5 @@ def test_pretrain_classify_register_promote_load_and_deploy(store, tmp_path, fre
         np.testing.assert_allclose(deployed[ident], probs, atol=2e-6)
     assert len(list((tmp_path / "runs" / "infer" / "heatmaps").glob("*.png"))) == len(deployed)
     if kind == "server":
-        assert not (tmp_path / "mlruns").exists(), "with a server, nothing is written to the local default store"
+        assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists(), \
+            "with a server, nothing is written to the local default store"

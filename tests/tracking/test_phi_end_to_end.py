@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from mlvicx_monai.data.ingest import IngestConfig, ingest
 from mlvicx_monai.data.phantom import write_layout
 from mlvicx_monai.tracking.audit import audit_phi
 
 REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # ingestion + a pretraining bundle in a subprocess
 
 
 def test_no_header_phi_reaches_mlflow(tmp_path):
@@ -37,12 +40,12 @@ def test_no_header_phi_reaches_mlflow(tmp_path):
     summary = ingest(IngestConfig("pacs", export / "export", ingested, size=64, workers=1, secret_file=secret, progress=False))
     assert summary["ingested"] == 24
 
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["OMP_NUM_THREADS"] = "1"
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/pretrain.json",
-        "--dataset", "pacs", "--data_dir", str(ingested), "--output_dir", str(tmp_path / "pretrain"),
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/mlvicx_cxr/configs/pretrain.json",
+        "--dataset", "pacs", "--dataset_dir", str(ingested), "--output_dir", str(tmp_path / "pretrain"),
         "--tracking_uri", uri, "--run_name", "pretrain-pacs", "--epochs", "1", "--warmup_epochs", "0",
         "--batch_size", "8", "--image_size", "64", "--num_workers", "0", "--expander_dim", "256", "--log_every", "1",
     ]
@@ -54,7 +57,7 @@ def test_no_header_phi_reaches_mlflow(tmp_path):
     assert len(versions) == 1, "the encoder trained on the PACS export is registered"
     assert client.list_artifacts(versions[0].run_id), "the run has artifacts to audit"
 
-    hits = audit_phi(phi, backend_store=tmp_path / "mlruns" / "mlflow.db", artifact_root=tmp_path / "mlruns" / "artifacts")
+    hits = audit_phi(phi, backend_store=tmp_path / "mlflow.db", artifact_root=tmp_path / "mlruns")
     assert not hits, f"PHI in MLflow: {hits[:10]}"
     hits = audit_phi(phi, artifact_root=tmp_path / "pretrain")  # encoder.pt provenance, checkpoint, std record
     assert not hits, f"PHI in the run folder: {hits[:10]}"
