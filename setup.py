@@ -46,6 +46,6 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-timeout>=2.2", "pydicom-data>=1.0"],
+        "test": ["pytest>=8.0", "pytest-timeout>=2.2", "pydicom-data>=1.0", "ruff>=0.6"],
     },
 )

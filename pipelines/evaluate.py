@@ -5,7 +5,8 @@
         --pretrained mlvicx=runs/pretrain/encoder.pt --pretrained random=none
 
 Every cell (dataset x protocol x fraction x pretrained source x seed) is one
-``python -m monai.bundle run --config_file bundles/mlvicx_cxr/configs/classify.json ...`` (``--task segment``: segment.json) into
+``python -m monai.bundle run --config_file bundles/mlvicx_cxr/configs/classify.json ...``
+(``--task segment``: segment.json) into
 ``OUT/cells/<dataset>/<protocol>/<source>/f<fraction>/seed<seed>/``. A cell whose ``results.json`` exists is
 skipped, so rerunning the command resumes the sweep. Extra bundle overrides go after ``--set`` (``--set
 max_epochs=5 image_size=96``). Then, under ``OUT``:
@@ -72,7 +73,9 @@ class Cell:
 
 def _source(text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--pretrained takes NAME=SOURCE (a path to encoder.pt, an MLflow URI or none), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--pretrained takes NAME=SOURCE (a path to encoder.pt, an MLflow URI or none), got {text!r}"
+        )
     name, value = text.split("=", 1)
     if not name or not value or "/" in name:
         raise argparse.ArgumentTypeError(f"--pretrained NAME=SOURCE needs a non-empty name without '/', got {text!r}")
@@ -90,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder (default runs/evaluate)")
     parser.add_argument("--task", choices=sorted(BUNDLES), default="classify")
-    parser.add_argument("--datasets", nargs="+", default=["demo"], help="bundle 'dataset' values (demo, nih, vindr, rsna, siim)")
+    parser.add_argument(
+        "--datasets", nargs="+", default=["demo"], help="bundle 'dataset' values (demo, nih, vindr, rsna, siim)"
+    )
     parser.add_argument("--data-dir", default=None, help="bundle 'dataset_dir' (default: the bundle's own)")
     parser.add_argument("--protocols", nargs="+", default=["frozen"], choices=["frozen", "finetune"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1])
@@ -221,13 +226,18 @@ def collect_subsets(out: Path, cells: list[Cell]) -> dict[tuple[str, str, float,
     return table
 
 
-def collect(task: str, out: Path, cells: list[Cell]) -> dict[tuple[str, str, float, str], dict[int, dict[str, float | None]]]:
+Table = dict[tuple[str, str, float, str], dict[int, dict[str, float | None]]]
+"""(dataset, protocol, fraction, source) -> seed -> metrics."""
+
+
+def collect(task: str, out: Path, cells: list[Cell]) -> Table:
     """(dataset, protocol, fraction, source) -> seed -> metrics, for every cell with a results.json."""
-    table: dict[tuple[str, str, float, str], dict[int, dict[str, float | None]]] = defaultdict(dict)
+    table: Table = defaultdict(dict)
     for cell in cells:
         path = cell.folder(out) / "results.json"
         if path.is_file():
-            table[(cell.dataset, cell.protocol, cell.fraction, cell.source)][cell.seed] = cell_metrics(task, json.loads(path.read_text()))
+            key = (cell.dataset, cell.protocol, cell.fraction, cell.source)
+            table[key][cell.seed] = cell_metrics(task, json.loads(path.read_text()))
     return table
 
 
@@ -243,7 +253,8 @@ def write_table(task: str, out: Path, data: dict, sources: list[str]) -> list[di
             for metrics in data[key].values():
                 columns.extend(c for c in metrics if c not in columns)
         headline = HEADLINE[task]
-        columns = [c for c in columns if c not in (headline, "accuracy")] + [c for c in (headline, "accuracy") if c in columns]
+        last = [c for c in (headline, "accuracy") if c in columns]
+        columns = [c for c in columns if c not in last] + last
         md.append(f"\n## {dataset}, {protocol}\n")
         md.append("| fraction | method | seeds | " + " | ".join(columns) + " |")
         md.append("|---|---|---|" + "---|" * len(columns))
@@ -296,8 +307,10 @@ def paired_ttests(task: str, data: dict, a: str, b: str, subsets: dict | None = 
         y = np.array([runs_b[s][metric] for s in seeds], dtype=float)
         record: dict[str, Any] = {"dataset": dataset, "protocol": protocol, "fraction": fraction, "metric": metric,
                                   "a": a, "b": b, "n_pairs": len(seeds), "seeds": " ".join(map(str, seeds)),
-                                  "mean_a": float(x.mean()) if len(x) else None, "mean_b": float(y.mean()) if len(y) else None,
-                                  "mean_diff": float((x - y).mean()) if len(x) else None, "t": None, "p_value": None, "note": ""}
+                                  "mean_a": float(x.mean()) if len(x) else None,
+                                  "mean_b": float(y.mean()) if len(y) else None,
+                                  "mean_diff": float((x - y).mean()) if len(x) else None,
+                                  "t": None, "p_value": None, "note": ""}
         pairs = [(subsets or {}).get((dataset, protocol, fraction, src), {}).get(s) for s in seeds for src in (a, b)]
         known = [p for p in pairs if p is not None]
         record["subsets"] = _subset_mode(known) if len(known) == len(pairs) else "unknown"
@@ -341,7 +354,8 @@ def write_ttests(out: Path, tests: list[dict[str, Any]]) -> None:
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     num = lambda v, f=".4f": "n/a" if v is None else format(v, f)  # noqa: E731
     for t in tests:
-        md.append(f"| {t['dataset']} | {t['protocol']} | {t['fraction']:g} | {t['metric']} | {t['a']} | {t['b']} | {t['n_pairs']} | "
+        md.append(f"| {t['dataset']} | {t['protocol']} | {t['fraction']:g} | {t['metric']} | {t['a']} | {t['b']} | "
+                  f"{t['n_pairs']} | "
                   f"{t.get('subsets', 'unknown')} | "
                   f"{num(t['mean_a'])} | {num(t['mean_b'])} | {num(t['mean_diff'])} | {num(t['t'], '.3f')} | "
                   f"{num(t['p_value'])}{' (' + t['note'] + ')' if t['note'] else ''} |")
@@ -403,10 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     data = collect(args.task, args.out, cells)
     write_table(args.task, args.out, data, names)
-    tests = paired_ttests(args.task, data, *compare, subsets=collect_subsets(args.out, cells)) if len(compare) == 2 else []
+    subsets = collect_subsets(args.out, cells)
+    tests = paired_ttests(args.task, data, *compare, subsets=subsets) if len(compare) == 2 else []
     write_ttests(args.out, tests)
     plot = write_plot(args.task, args.out, data, names)
-    summary = {"task": args.task, "sources": sources, "compare": list(compare), "resample_fractions": args.resample_fractions,
+    summary = {"task": args.task, "sources": sources, "compare": list(compare),
+               "resample_fractions": args.resample_fractions,
                "cells": records, "ttests": tests,
                "outputs": ["table.md", "table.csv", "ttest.md", "ttest.csv", plot.name]}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")

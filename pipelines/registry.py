@@ -4,9 +4,9 @@
     python -m pipelines.registry demote  --model NAME --alias champion
     python -m pipelines.registry list [--json]
     python -m pipelines.registry show --model NAME [--version V | --alias A] [--json]
-    python -m pipelines.registry audit-phi --phi-file values.txt [--backend-store mlruns/mlflow.db] [--artifacts mlruns/artifacts]
+    python -m pipelines.registry audit-phi --phi-file values.txt [--backend-store mlflow.db] [--artifacts mlruns]
 
-Store: ``--tracking-uri`` (wins), else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///./mlruns/mlflow.db``. Against a
+Store: ``--tracking-uri`` (wins), else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///./mlflow.db``. Against a
 server that does not answer, commands fail within seconds (a ``/health`` probe; MLflow's HTTP retries are
 bounded here unless MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT / _BACKOFF_FACTOR are set).
 """
@@ -31,7 +31,8 @@ _HTTP_DEFAULTS = {
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tracking-uri", dest="tracking_uri_sub", default=None,
-                        help="MLflow store: http://127.0.0.1:5000 or sqlite:///path/mlflow.db (overrides $MLFLOW_TRACKING_URI)")
+                        help="MLflow store: http://127.0.0.1:5000 or sqlite:///path/mlflow.db "
+                        "(overrides $MLFLOW_TRACKING_URI)")
     parser = argparse.ArgumentParser(prog="python -m pipelines.registry", description=__doc__.split("\n")[0])
     parser.add_argument("--tracking-uri", default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,7 +67,8 @@ def _print_list(models: list[dict[str, Any]]) -> None:
         print(f"{model['name']}  ({len(model['versions'])} version(s); {aliases})")
         for v in model["versions"]:
             tags = " ".join(f"@{a}" for a in v["aliases"])
-            print(f"  v{v['version']:<4} {v['kind'] or '?':<10} {v['status']:<6} {v['created']}  run {v['run_id'] or '-'}  {tags}".rstrip())
+            line = f"  v{v['version']:<4} {v['kind'] or '?':<10} {v['status']:<6} {v['created']}"
+            print(f"{line}  run {v['run_id'] or '-'}  {tags}".rstrip())
 
 
 def _print_show(record: dict[str, Any]) -> None:
@@ -83,7 +85,8 @@ def _print_show(record: dict[str, Any]) -> None:
     print(line)
     if run.get("git_commit"):
         print(f"  code: {run['git_commit']} (dirty: {run.get('git_dirty')})")
-    for title, key in (("metrics", "metrics"), ("lineage (pretrained encoder)", "lineage"), ("data", "data"), ("tags", "tags")):
+    sections = (("metrics", "metrics"), ("lineage (pretrained encoder)", "lineage"), ("data", "data"), ("tags", "tags"))
+    for title, key in sections:
         items = record[key]
         if items:
             print(f"  {title}:")

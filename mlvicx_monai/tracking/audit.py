@@ -7,7 +7,10 @@ What is searched:
   registered-model descriptions, LoggedModel params/tags, dataset names... (whatever MLflow's schema holds,
   now or after a migration). Numeric columns (metric values, timestamps, steps) are not searched.
 - artifact tree: every file's relative path, every file's content, and the members of zip archives
-  (``torch.save`` files, ``.zip``) decompressed.
+  (``torch.save`` files, ``.zip``) decompressed. One exception: the package source every registered model ships
+  (``.../code/mlvicx_monai/...``, MLflow ``code_paths``) is skipped file by file where it is byte-identical to the
+  installed package (it is this project's code, not data; e.g. the synthetic phantom's list of fake surnames would
+  otherwise hit any real patient called BROWN). A shipped file that differs from the installed one is searched.
 
 Matching: text (database strings, UTF-8 files, path names) case-insensitively on whole words (the value may
 not be flanked by letters or digits; ``_`` counts as a separator); binary content on the exact UTF-8 bytes.
@@ -26,6 +29,8 @@ from pathlib import Path
 __all__ = ["PhiHit", "audit_phi", "audit_artifacts", "audit_backend_store"]
 
 _CONTEXT = 30
+_PACKAGE = Path(__file__).resolve().parents[1]
+_SHIPPED = re.compile(r"(?:^|/)code/" + re.escape(_PACKAGE.name) + r"/(.+)$")
 
 
 @dataclass(frozen=True, order=True)
@@ -70,7 +75,8 @@ class _Matcher:
         for match in self._text.finditer(text):
             value = self._by_fold.get(match.group(0).casefold())
             if value is None:  # case folding changed the length: find the value by case-insensitive compare
-                value = next((v for v in self.values if re.fullmatch(re.escape(v), match.group(0), re.IGNORECASE)), match.group(0))
+                same = (v for v in self.values if re.fullmatch(re.escape(v), match.group(0), re.IGNORECASE))
+                value = next(same, match.group(0))
             yield value, _snippet(text, match.start(), match.end())
 
     def binary(self, data: bytes) -> Iterator[tuple[str, str]]:
@@ -102,8 +108,21 @@ def _content_hits(matcher: _Matcher, data: bytes, where: str, location: str) -> 
     return hits
 
 
+def is_shipped_package_source(rel: str, data: bytes) -> bool:
+    """Whether the artifact at ``rel`` (``/``-separated) is a byte-identical copy of this package's own source."""
+    match = _SHIPPED.search(rel)
+    if match is None:
+        return False
+    installed = _PACKAGE / match.group(1)
+    try:
+        return installed.is_file() and installed.read_bytes() == data
+    except OSError:
+        return False
+
+
 def audit_artifacts(phi_values: Iterable[str], artifact_root: str | os.PathLike) -> list[PhiHit]:
-    """Hits of ``phi_values`` in the names and contents of every file under ``artifact_root``."""
+    """Hits of ``phi_values`` in the names and contents of every file under ``artifact_root`` (the package source
+    shipped with models is skipped where identical to the installed package, see the module docstring)."""
     matcher = _Matcher(phi_values)
     root = Path(artifact_root)
     if not root.is_dir():
@@ -118,6 +137,8 @@ def audit_artifacts(phi_values: Iterable[str], artifact_root: str | os.PathLike)
             path = Path(dirpath) / name
             rel = os.path.relpath(path, root)
             data = path.read_bytes()
+            if is_shipped_package_source(Path(rel).as_posix(), data):
+                continue
             hits.extend(_content_hits(matcher, data, "artifact", rel))
             if data[:4] == b"PK\x03\x04":
                 hits.extend(_zip_hits(matcher, data, rel))
@@ -192,8 +213,8 @@ def audit_phi(
 
     Args:
         phi_values: the PHI strings (names, IDs, dates, accession numbers...); empty strings are ignored.
-        backend_store: the SQLite file (e.g. ``mlruns/mlflow.db``) or SQLAlchemy URL of the store.
-        artifact_root: the artifact folder (e.g. ``mlruns/artifacts`` or the server's ``--artifacts-destination``).
+        backend_store: the SQLite file (e.g. ``mlflow.db``) or SQLAlchemy URL of the store.
+        artifact_root: the artifact folder (e.g. ``mlruns`` or the server's ``--artifacts-destination``).
     """
     values = list(phi_values)
     if backend_store is None and artifact_root is None:

@@ -142,7 +142,9 @@ class TrackedRun:
         if not self.enabled:
             return None
         if self._run_id is None:
-            raise RuntimeError("the MLflow run is not open yet: call TrackedRun.open() first (the bundles' initialize does)")
+            raise RuntimeError(
+                "the MLflow run is not open yet: call TrackedRun.open() first (the bundles' initialize does)"
+            )
         return self._run_id
 
     def handler(self, every: int = 10) -> RunMLFlowHandler | "_NullHandler":
@@ -180,7 +182,9 @@ class TrackedRun:
         """What a checkpoint records to resume this run."""
         return {"mlflow_run_id": self.run_id, "mlflow_tracking_uri": self.tracking_uri} if self.enabled else {}
 
-    def summary(self, outputs: list[str | os.PathLike] | None = None, next_steps: list[str] | None = None) -> dict[str, Any]:
+    def summary(
+        self, outputs: list[str | os.PathLike] | None = None, next_steps: list[str] | None = None
+    ) -> dict[str, Any]:
         """Log (and return) the end-of-run summary: the run, where to look at it (the exact ``mlflow ui`` command for a
         local store), the outputs and the next command."""
         record: dict[str, Any] = {"run_id": self.run_id if self.enabled else None, "tracking_uri": self.tracking_uri}
@@ -225,7 +229,9 @@ class RunCompletion:
         config: the bundle config to log (default: the run's own ``config``).
     """
 
-    def __init__(self, run: TrackedRun, files: list[str | os.PathLike] | None = None, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, run: TrackedRun, files: list[str | os.PathLike] | None = None, config: dict[str, Any] | None = None
+    ) -> None:
         self.run = run
         self.files = [Path(f) for f in files or []]
         self.config = config if config is not None else run.config

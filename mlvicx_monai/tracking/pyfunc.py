@@ -59,8 +59,8 @@ class MLVICXPythonModel(mlflow.pyfunc.PythonModel):
         self.kind = info.kind.value
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
-        """float32 ``[B, C, H, W]`` (array, or a one-entry dict of it) -> float32 array: the model's ``forward`` (encoder:
-        pooled ``[B, 512]``; classifier: logits ``[B, C]``; segmenter: logits ``[B, C, H, W]``)."""
+        """float32 ``[B, C, H, W]`` (array, or a one-entry dict of it) -> float32 array: the model's ``forward``
+        (encoder: pooled ``[B, 512]``; classifier: logits ``[B, C]``; segmenter: logits ``[B, C, H, W]``)."""
         if self.model is None:
             self.load_context(context)
         if isinstance(model_input, dict):

@@ -18,7 +18,7 @@ Stages are deprecated in MLflow 3: promotion is an alias (``champion``). URIs un
 ``models:/NAME/VERSION``, ``models:/NAME/latest``, ``models:/m-<logged model id>``, ``runs:/...``, a local
 MLflow model folder, or a local ``encoder.pt`` / ``weights.pt``.
 
-Store: ``$MLFLOW_TRACKING_URI`` > ``tracking_uri`` > ``sqlite:///./mlruns/mlflow.db`` (as for runs); the
+Store: ``$MLFLOW_TRACKING_URI`` > ``tracking_uri`` > ``sqlite:///./mlflow.db`` (as for runs); the
 registry URI is always the tracking URI. A server that does not answer fails fast
 (:class:`ServerUnreachableError`, a ``/health`` probe with a short timeout) instead of going through
 MLflow's long HTTP retry schedule.
@@ -392,14 +392,18 @@ def _download(artifact_uri: str, artifact_path: str | None, dst: Path, store_uri
         ) from None
 
 
-def _fetch_weights(resolved: ResolvedModel, cache_dir: str | os.PathLike | None, tracking_uri: str | None) -> tuple[Path, str]:
+def _fetch_weights(
+    resolved: ResolvedModel, cache_dir: str | os.PathLike | None, tracking_uri: str | None
+) -> tuple[Path, str]:
     """Local weights file of ``resolved`` and its kind (downloaded into the cache for remote models)."""
     if resolved.local_path is not None:
         path = resolved.local_path
         if path.is_dir():
             weights = _weights_in(path)
             if weights is None or resolved.kind is None:
-                raise RegistryFormatError(f"{path} is not an MLVICX registered model folder (no artifacts/model.pt or encoder.pt)")
+                raise RegistryFormatError(
+                    f"{path} is not an MLVICX registered model folder (no artifacts/model.pt or encoder.pt)"
+                )
             return weights, resolved.kind
         if resolved.kind is None:
             raise RegistryFormatError(f"{path} is not a model file of this project (encoder.pt or model.pt)")
@@ -430,13 +434,16 @@ def _fetch_weights(resolved: ResolvedModel, cache_dir: str | os.PathLike | None,
     return target, kind
 
 
-def _download_into(resolved: ResolvedModel, name: str, entry: Path, target: Path, expected: str | None, uri: str) -> None:
+def _download_into(
+    resolved: ResolvedModel, name: str, entry: Path, target: Path, expected: str | None, uri: str
+) -> None:
     staging = entry.parent / f".{entry.name}.{uuid.uuid4().hex}.partial"
     try:
         got = _download(resolved.artifact_uri, f"artifacts/{name}", staging, uri)
         if expected and sha256_file(got) != expected:
             raise RegistryError(
-                f"{resolved.uri}: downloaded weights do not match the version's {_SHA_TAG} tag (corrupted artifact store?)"
+                f"{resolved.uri}: downloaded weights do not match the version's {_SHA_TAG} tag "
+                "(corrupted artifact store?)"
             )
         entry.mkdir(parents=True, exist_ok=True)
         os.replace(got, target)  # atomic: concurrent downloaders (DDP ranks, parallel jobs) never see half a file
@@ -528,7 +535,9 @@ def _lineage_of(resolved: ResolvedModel) -> dict[str, str]:
     return out
 
 
-def encoder_lineage(source: str | os.PathLike | Mapping[str, Any] | None, tracking_uri: str | None = None) -> dict[str, str]:
+def encoder_lineage(
+    source: str | os.PathLike | Mapping[str, Any] | None, tracking_uri: str | None = None
+) -> dict[str, str]:
     """Tags naming the pretrained encoder a downstream model started from (``mlvicx.encoder.*``).
 
     ``source``: a ``models:/`` URI (resolved to name, version, run id), a local ``encoder.pt`` (the
@@ -734,7 +743,9 @@ def log_and_register(
 
     existing = _same_version(client, name, run_id, version_tags[_SHA_TAG]) if register else None
     if existing is not None:  # e.g. a finished job rerun: the same weights are registered once
-        logger.info("%s version %s already holds these weights (run %s); not registered again", name, existing.version, run_id)
+        logger.info(
+            "%s version %s already holds these weights (run %s); not registered again", name, existing.version, run_id
+        )
         if alias:
             set_alias(name, existing.version, alias, tracking_uri=uri)
         return client.get_model_version(name, existing.version)
@@ -781,7 +792,9 @@ def log_and_register(
     return client.get_model_version(name, version.version)
 
 
-def model_card(info: ArtifactInfo, name: str, tags: Mapping[str, str], metrics: Mapping[str, float] | None = None) -> str:
+def model_card(
+    info: ArtifactInfo, name: str, tags: Mapping[str, str], metrics: Mapping[str, float] | None = None
+) -> str:
     """Markdown description of a registered version: what the model is, the data it was trained on (datalist id and
     checksum, never patient data), its test metrics, intended use and how to load it."""
     rows = "\n".join(f"| {k} | {float(v):.4f} |" for k, v in sorted((metrics or {}).items())) or "| (none recorded) | |"
@@ -829,7 +842,8 @@ def set_alias(name: str, version: str | int, alias: str, tracking_uri: str | Non
         ModelNotFoundError: unknown model or version. ValueError: an alias MLflow reserves
         (``latest``, ``v<digits>``) or with characters other than letters, digits, ``_`` and ``-``.
     """
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias or "") or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+    reserved = (alias or "").lower() == "latest" or re.fullmatch(r"[vV]\d+", alias or "")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias or "") or reserved:
         raise ValueError(f"invalid alias {alias!r}: letters, digits, '_' and '-', not 'latest' nor v<number>")
     client = registry_client(tracking_uri)
     mv = _model_version(client, name, version=version)
@@ -894,9 +908,11 @@ def describe_version(
     aliases = {a: str(v) for a, v in (getattr(client.get_registered_model(name), "aliases", {}) or {}).items()}
     record = _version_record(mv, aliases)
     tags = dict(mv.tags or {})
-    record["metrics"] = {k[len(f"{_PREFIX}metric.") :]: float(v) for k, v in tags.items() if k.startswith(f"{_PREFIX}metric.")}
-    record["lineage"] = {k[len(f"{_PREFIX}encoder.") :]: v for k, v in tags.items() if k.startswith(f"{_PREFIX}encoder.")}
-    record["data"] = {k[len(_PREFIX) :]: v for k, v in tags.items() if k in (f"{_PREFIX}datalist_id", f"{_PREFIX}datalist_checksum")}
+    metric, encoder = f"{_PREFIX}metric.", f"{_PREFIX}encoder."
+    record["metrics"] = {k[len(metric) :]: float(v) for k, v in tags.items() if k.startswith(metric)}
+    record["lineage"] = {k[len(encoder) :]: v for k, v in tags.items() if k.startswith(encoder)}
+    data_keys = (f"{_PREFIX}datalist_id", f"{_PREFIX}datalist_checksum")
+    record["data"] = {k[len(_PREFIX) :]: v for k, v in tags.items() if k in data_keys}
     shown = set()
     for group in ("metric.", "encoder."):
         shown |= {k for k in tags if k.startswith(_PREFIX + group)}

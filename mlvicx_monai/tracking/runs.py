@@ -138,7 +138,9 @@ def open_run(
         return client, resume_run_id
     experiment_id = _experiment_id(client, experiment_name)
     run = client.create_run(experiment_id, run_name=str(run_name), tags=dict(tags or {}))
-    logger.info("MLflow run %s (%s) in experiment %s at %s", run_name, run.info.run_id, experiment_name, client.tracking_uri)
+    logger.info(
+        "MLflow run %s (%s) in experiment %s at %s", run_name, run.info.run_id, experiment_name, client.tracking_uri
+    )
     return client, run.info.run_id
 
 
@@ -158,9 +160,9 @@ def _git(*args: str) -> str | None:
 
 
 def standard_tags(commit: str | None = None) -> dict[str, str]:
-    """MLflow's standard run tags (the names in :mod:`mlflow.utils.mlflow_tags`, shown in the MLflow UI): who started the
-    run (``mlflow.user``), what (``mlflow.source.name``: the program, ``mlflow.source.type``: ``LOCAL``) and, in a git
-    checkout only, the code (``mlflow.source.git.commit``; absent otherwise, never a placeholder)."""
+    """MLflow's standard run tags (the names in :mod:`mlflow.utils.mlflow_tags`, shown in the MLflow UI): who started
+    the run (``mlflow.user``), what (``mlflow.source.name``: the program, ``mlflow.source.type``: ``LOCAL``) and, in a
+    git checkout only, the code (``mlflow.source.git.commit``; absent otherwise, never a placeholder)."""
     import getpass
 
     from mlflow.entities import SourceType

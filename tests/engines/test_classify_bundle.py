@@ -1,4 +1,5 @@
-"""The classify bundle (bundles/mlvicx_cxr/configs/classify.json) end to end on tiny synthetic data, plus the pieces it is built from."""
+"""The classify bundle (bundles/mlvicx_cxr/configs/classify.json) end to end on tiny synthetic data, plus the pieces
+it is built from."""
 
 from __future__ import annotations
 
@@ -83,11 +84,14 @@ def test_results_json_and_auc_agree_with_sklearn(frozen_run, encoder_file):
     assert results["training"]["best_epoch"] in (1, 2)
 
 
-def test_frozen_protocol_leaves_encoder_bit_identical_and_model_pt_is_self_contained(frozen_run, encoder_file, nih_demo, work):
+def test_frozen_protocol_leaves_encoder_bit_identical_and_model_pt_is_self_contained(
+    frozen_run, encoder_file, nih_demo, work
+):
     model, info = load_model(frozen_run / "model.pt", require_preprocessing=True)  # needs nothing but the file
     assert info.kind.value == "classifier" and info.preprocessing.image_size == 64
     assert (info.preprocessing.mean, info.preprocessing.std, info.preprocessing.source_size) == (0.5, 0.25, 64)
-    assert info.provenance["pretrained"]["sha256"] == json.loads((frozen_run / "results.json").read_text())["pretrained"]["sha256"]
+    results = json.loads((frozen_run / "results.json").read_text())
+    assert info.provenance["pretrained"]["sha256"] == results["pretrained"]["sha256"]
     assert info.provenance["datalist"].startswith("nih@")
     pretrained, _ = load_model(encoder_file, expect="encoder")
     before, after = pretrained.state_dict(), model.encoder.state_dict()
@@ -98,7 +102,9 @@ def test_frozen_protocol_leaves_encoder_bit_identical_and_model_pt_is_self_conta
     parser.read_config(str(REPO / CONFIG))
     args = dict(zip(TINY_CLASSIFY[::2], TINY_CLASSIFY[1::2]))
     parser.update({k.lstrip("-"): json.loads(v) for k, v in args.items()})
-    parser.update({"dataset_dir": str(nih_demo), "protocol": "frozen", "classes": "all", "pretrained": str(encoder_file)})
+    parser.update(
+        {"dataset_dir": str(nih_demo), "protocol": "frozen", "classes": "all", "pretrained": str(encoder_file)}
+    )
     dataset = parser.get_parsed_content("test#images")
     x = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
     with torch.no_grad():
@@ -133,7 +139,8 @@ def test_mlflow_run_has_params_and_test_metrics(frozen_run, work):
                                                  tracking_uri=f"sqlite:///{work}/mlflow.db"))
     local, _ = load_model(frozen_run / "model.pt")
     assert info.class_names == results["class_names"] and info.preprocessing.image_size == 64
-    assert all(torch.equal(a, b) for a, b in zip(local.state_dict().values(), registered.state_dict().values(), strict=True))
+    pairs = zip(local.state_dict().values(), registered.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_pretrained_none_finetune_then_rerun_resumes(nih_demo, run_bundle, work):
@@ -205,7 +212,8 @@ def test_an_mlflow_uri_is_fetched_only_when_applied(encoder_file, monkeypatch):
     source = resolve_pretrained("models:/mlvicx-encoder@champion", tracking_uri="sqlite:///x.db", downloader=downloader)
     assert source.kind == "mlflow" and not seen  # resolving the config downloads nothing
     record = source.apply(build_classifier(source.config, 2))
-    assert seen == [("models:/mlvicx-encoder@champion", "sqlite:///x.db")] and record["uri"] == "models:/mlvicx-encoder@champion"
+    assert seen == [("models:/mlvicx-encoder@champion", "sqlite:///x.db")]
+    assert record["uri"] == "models:/mlvicx-encoder@champion"
 
 
 def test_dataset_defaults_follow_the_paper_and_stay_overridable():

@@ -44,7 +44,8 @@ def test_tables_ttest_and_plot_from_existing_cells(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert {c["status"] for c in summary["cells"]} == {"skipped (results.json exists)"}
     rows = list(csv.DictReader(open(out / "table.csv")))
-    assert [(r["fraction"], r["method"]) for r in rows] == [("0.1", "mlvicx"), ("0.1", "random"), ("1.0", "mlvicx"), ("1.0", "random")]
+    expected_rows = [("0.1", "mlvicx"), ("0.1", "random"), ("1.0", "mlvicx"), ("1.0", "random")]
+    assert [(r["fraction"], r["method"]) for r in rows] == expected_rows
     first = rows[0]
     assert float(first["Effusion mean"]) == pytest.approx((0.80 + 0.82 + 0.79) / 3)
     assert float(first["mean_auc mean"]) == pytest.approx(sum((e + m) / 2 for e, m in mlvicx.values()) / 3)
@@ -56,7 +57,8 @@ def test_tables_ttest_and_plot_from_existing_cells(tmp_path, capsys):
     a = [(e + m) / 2 for e, m in mlvicx.values()]
     b = [0.65, 0.74, 0.66]  # mean over the defined classes of each random run
     expected = ttest_rel(a, b)
-    assert float(tests[0]["p_value"]) == pytest.approx(expected.pvalue) and float(tests[0]["t"]) == pytest.approx(expected.statistic)
+    assert float(tests[0]["p_value"]) == pytest.approx(expected.pvalue)
+    assert float(tests[0]["t"]) == pytest.approx(expected.statistic)
     assert (out / "metric_vs_fraction.png").stat().st_size > 1000
     assert "Paired t-test" in capsys.readouterr().out
     assert tests[0]["subsets"] == "unknown" and "do not record their training subset" in (out / "ttest.md").read_text()
@@ -99,7 +101,8 @@ def test_sweep_runs_a_missing_cell_through_the_bundle_then_skips_it(nih_demo, en
     settings.update(max_epochs="1", track="False")
     overrides = [f"{k}={v}" for k, v in settings.items()]
     argv = ["--out", str(out), "--datasets", "demo", "--data-dir", str(nih_demo), "--protocols", "frozen",
-            "--fractions", "1.0", "--seeds", "0", "--pretrained", f"mlvicx={encoder_file}", "--pretrained", "random=none",
+            "--fractions", "1.0", "--seeds", "0",
+            "--pretrained", f"mlvicx={encoder_file}", "--pretrained", "random=none",
             "--compare", "mlvicx", "random", "--set", *overrides]
     assert main(argv) == 0
     cells = json.loads((out / "summary.json").read_text())["cells"]
@@ -107,6 +110,7 @@ def test_sweep_runs_a_missing_cell_through_the_bundle_then_skips_it(nih_demo, en
     results = json.loads(Path(cells[1]["results"]).read_text())
     assert results["pretrained"]["kind"] == "none" and results["settings"]["max_epochs"] == 1
     assert main(argv) == 0
-    assert [c["status"] for c in json.loads((out / "summary.json").read_text())["cells"]] == ["skipped (results.json exists)"] * 2
+    statuses = [c["status"] for c in json.loads((out / "summary.json").read_text())["cells"]]
+    assert statuses == ["skipped (results.json exists)"] * 2
     tests = list(csv.DictReader(open(out / "ttest.csv")))
     assert tests[0]["n_pairs"] == "1" and tests[0]["note"] == "needs at least 2 paired seeds"

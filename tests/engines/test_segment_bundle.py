@@ -94,7 +94,8 @@ def test_best_weights_are_monais_checkpoint_saver_and_survive_a_resume(tmp_path)
 
     def saver() -> CheckpointSaver:
         return CheckpointSaver(str(tmp_path), {"network": net, "validation": validation}, save_key_metric=True,
-                               key_metric_name="val_mean_dice", key_metric_filename="best.pt", key_metric_save_state=True)
+                               key_metric_name="val_mean_dice", key_metric_filename="best.pt",
+                               key_metric_save_state=True)
 
     trainer = Engine(lambda e, b: None)
     trainer.state.epoch = 1
@@ -155,4 +156,5 @@ def test_segment_bundle_frozen_writes_both_dice_and_keeps_the_encoder(siim_demo,
     assert info.kind.value == "segmenter" and info.config["decoder_channels"] == [32, 16, 16, 8, 8]
     pretrained, _ = load_model(encoder_file, expect="encoder")
     before, after = pretrained.state_dict(), model.encoder.state_dict()
-    assert [k for k in before if not torch.equal(before[k], after[k])] == [], "decoder-only training changed the encoder"
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == [], "decoder-only training changed the encoder"

@@ -79,7 +79,10 @@ def running_server(root: Path) -> Iterator[MlflowServer]:
         pytest.skip("the `mlflow` command-line tool is not installed (pip install mlflow): real-server tests not run")
     port = _free_port()
     server = MlflowServer(
-        uri=f"http://127.0.0.1:{port}", backend_db=root / "mlflow.db", artifacts=root / "artifacts", log=root / "server.log"
+        uri=f"http://127.0.0.1:{port}",
+        backend_db=root / "mlflow.db",
+        artifacts=root / "artifacts",
+        log=root / "server.log",
     )
     cmd = [
         cli, "server", "--host", "127.0.0.1", "--port", str(port),
@@ -94,7 +97,8 @@ def running_server(root: Path) -> Iterator[MlflowServer]:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while not _answers(server.uri):
             if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{server.log.read_text(errors='replace')[-3000:]}")
+                tail = server.log.read_text(errors="replace")[-3000:]
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{tail}")
             if time.monotonic() > deadline:
                 pytest.fail(f"mlflow server did not answer within {SERVER_START_TIMEOUT_S:.0f} s:\n"
                             f"{server.log.read_text(errors='replace')[-3000:]}")
@@ -261,8 +265,8 @@ def fresh_process(tmp_path: Path):
         for i, (uri, kind, x, expected) in enumerate(items):
             torch.save(x, work / f"x{i}.pt")
             torch.save(expected, work / f"y{i}.pt")
-            models.append({"uri": uri, "kind": kind, "input": str(work / f"x{i}.pt"), "expected": str(work / f"y{i}.pt"),
-                           "pyfunc": i == 0})
+            models.append({"uri": uri, "kind": kind, "input": str(work / f"x{i}.pt"),
+                           "expected": str(work / f"y{i}.pt"), "pyfunc": i == 0})
         spec = {"models": models, "encoder_uri": encoder_uri}
         if encoder_state is not None:
             torch.save(encoder_state, work / "encoder_state.pt")

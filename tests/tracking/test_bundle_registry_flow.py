@@ -55,7 +55,8 @@ def store(request, tmp_path, tmp_path_factory) -> Iterator[tuple[str, dict[str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update({"PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
                 "OMP_NUM_THREADS": "1", "MLVICX_DEID_SECRET_FILE": str(tmp_path / "deid.secret"),
-                "MLVICX_REGISTRY_CACHE": str(tmp_path / "registry-cache"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+                "MLVICX_REGISTRY_CACHE": str(tmp_path / "registry-cache"),
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
     if request.param == "server":  # its own server: the registry starts empty, whatever other tests register
         with running_server(tmp_path_factory.mktemp("flow-server")) as server:
             env["MLFLOW_TRACKING_URI"] = server.uri
@@ -77,7 +78,8 @@ def test_pretrain_classify_register_promote_load_and_deploy(store, tmp_path, fre
     _bundle("classify", tmp_path, env, *CLASSIFY, "--pretrained", "models:/mlvicx-encoder@champion")
     (clf_version,) = client.search_model_versions("name='cxr-classifier-demo'")
     tags = clf_version.tags
-    assert tags["mlvicx.encoder.model_name"] == "mlvicx-encoder" and tags["mlvicx.encoder.version"] == str(encoder_version.version)
+    assert tags["mlvicx.encoder.model_name"] == "mlvicx-encoder"
+    assert tags["mlvicx.encoder.version"] == str(encoder_version.version)
     assert tags["mlvicx.encoder.run_id"] == encoder_version.run_id and tags["mlvicx.datalist_id"].startswith("nih@")
     assert "mlvicx.metric.test/mean_auc" in tags and len(tags["mlvicx.datalist_checksum"]) == 64
     run = client.get_run(clf_version.run_id)

@@ -49,7 +49,9 @@ def on_server(mlflow_server, model_files, tmp_path_factory):
     return {"run_id": run.run_id, "versions": versions, "work": work}
 
 
-def test_register_promote_and_load_in_fresh_process(mlflow_server, on_server, model_zoo, fresh_process, capsys, monkeypatch):
+def test_register_promote_and_load_in_fresh_process(
+    mlflow_server, on_server, model_zoo, fresh_process, capsys, monkeypatch
+):
     uri = mlflow_server.uri
     for kind in ("classifier",):  # promotion through the CLI (in-process: same code as the command)
         version = str(on_server["versions"][kind].version)
@@ -91,11 +93,12 @@ def test_cli_list_and_show_against_server(mlflow_server, on_server, capsys, monk
         assert name in done.stdout
     assert "@champion -> v1" in done.stdout
 
-    assert registry_cli(["show", "--model", TEST_NAMES["classifier"], "--alias", "champion", "--tracking-uri", uri]) == 0
+    show = ["show", "--tracking-uri", uri, "--model"]
+    assert registry_cli([*show, TEST_NAMES["classifier"], "--alias", "champion"]) == 0
     out = capsys.readouterr().out
     assert "cxr-classifier-demo version 1" in out and "test_score: 0.5" in out
     assert "model_name: mlvicx-encoder" in out and f"source run: {on_server['run_id']} (register-on-server" in out
-    assert registry_cli(["show", "--model", TEST_NAMES["encoder"], "--version", "1", "--json", "--tracking-uri", uri]) == 0
+    assert registry_cli([*show, TEST_NAMES["encoder"], "--version", "1", "--json"]) == 0
     assert '"knn_auc": 0.6' in capsys.readouterr().out
 
     assert registry_cli(["show", "--model", "no-such-model", "--tracking-uri", uri]) == 1
@@ -109,10 +112,11 @@ def test_cli_list_and_show_against_server(mlflow_server, on_server, capsys, monk
 
 def test_phi_audit_of_the_server_store(mlflow_server, on_server):
     client = mlflow.MlflowClient(mlflow_server.uri, registry_uri=mlflow_server.uri)
-    clean = audit_phi(["ROE^RICHARD", "PAT-31337"], backend_store=mlflow_server.backend_db, artifact_root=mlflow_server.artifacts)
+    stores = {"backend_store": mlflow_server.backend_db, "artifact_root": mlflow_server.artifacts}
+    clean = audit_phi(["ROE^RICHARD", "PAT-31337"], **stores)
     assert clean == []
     client.set_model_version_tag(TEST_NAMES["encoder"], "1", "planted", "referred by roe^richard")
-    hits = audit_phi(["ROE^RICHARD", "PAT-31337"], backend_store=mlflow_server.backend_db, artifact_root=mlflow_server.artifacts)
+    hits = audit_phi(["ROE^RICHARD", "PAT-31337"], **stores)
     assert [(h.where, h.value) for h in hits] == [("database", "ROE^RICHARD")]
     assert hits[0].location.startswith("model_version_tags.value")
     client.delete_model_version_tag(TEST_NAMES["encoder"], "1", "planted")

@@ -37,7 +37,8 @@ def test_no_header_phi_reaches_mlflow(tmp_path):
     secret = tmp_path / "deid.secret"
     secret.write_text("fedcba9876543210fedcba9876543210\n")
     ingested = tmp_path / "ingested"
-    summary = ingest(IngestConfig("pacs", export / "export", ingested, size=64, workers=1, secret_file=secret, progress=False))
+    config = IngestConfig("pacs", export / "export", ingested, size=64, workers=1, secret_file=secret, progress=False)
+    summary = ingest(config)
     assert summary["ingested"] == 24
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -106,7 +106,8 @@ def test_version_metadata(store, model_zoo):
     assert tags["mlvicx.kind"] == "classifier" and tags["mlvicx.dataset"] == "demo"
     assert tags["mlvicx.datalist_id"] == DATALIST_ID and tags["mlvicx.datalist_checksum"] == DATALIST_SHA
     assert float(tags["mlvicx.metric.auc"]) == 0.75
-    assert tags["mlvicx.encoder.model_name"] == TEST_NAMES["encoder"] and tags["mlvicx.encoder.version"] == str(enc.version)
+    assert tags["mlvicx.encoder.model_name"] == TEST_NAMES["encoder"]
+    assert tags["mlvicx.encoder.version"] == str(enc.version)
     assert tags["mlvicx.encoder.run_id"] == store["run_id"] and tags["mlvicx.encoder.uri"] == "models:/mlvicx-encoder/1"
     assert tags["mlvicx.git_commit"] and tags["mlvicx.input_shape"] == "1x1x64x64"
     assert len(tags["mlvicx.weights_sha256"]) == 64
@@ -123,14 +124,16 @@ def test_version_metadata(store, model_zoo):
     assert json.loads((folder / "artifacts" / "training_config.json").read_text())["kind"] == "classifier"
     assert not list(folder.rglob("*.pkl"))  # model logged as code: no pickle in the registry
     winfo, _ = read_artifact(folder / "artifacts" / "model.pt")
-    assert winfo.kind.value == "classifier" and winfo.config["num_classes"] == 3 and winfo.class_names == ["a", "b", "c"]
+    assert winfo.kind.value == "classifier" and winfo.config["num_classes"] == 3
+    assert winfo.class_names == ["a", "b", "c"]
     assert R.load_model(folder).__class__.__name__ == "CXRClassifier"  # a local MLflow model folder loads too
     assert (folder / "code" / "mlvicx_monai" / "networks" / "artifacts.py").is_file()  # the package ships (code_paths)
     assert not any(line.startswith("mlvicx-monai") for line in (folder / "requirements.txt").read_text().splitlines())
     logged = client.get_logged_model(R.resolve_model(f"models:/{TEST_NAMES['classifier']}/1", store["uri"]).model_id)
     assert {(m.key, m.value) for m in logged.metrics or []} == {("auc", 0.75)}  # test metrics on the LoggedModel
     card = client.get_model_version(TEST_NAMES["classifier"], "1").description
-    assert card.startswith(f"# {TEST_NAMES['classifier']}\n") and "| auc | 0.7500 |" in card and "## Intended use" in card
+    assert card.startswith(f"# {TEST_NAMES['classifier']}\n")
+    assert "| auc | 0.7500 |" in card and "## Intended use" in card
     run_files = [f.path for f in client.list_artifacts(store["run_id"])]
     assert not [f for f in run_files if f.endswith(".pt")], "weights are stored once, in the logged model"
 
@@ -184,7 +187,8 @@ def test_errors(store, model_files, tmp_path):
     with pytest.raises(R.RegistryError, match="is a classifier, not a pretrained encoder"):
         R.download_encoder(f"models:/{TEST_NAMES['classifier']}@champion", tracking_uri=uri)
     weights = R.download_encoder(f"models:/{TEST_NAMES['encoder']}@champion", tracking_uri=uri)
-    folder = mlflow.artifacts.download_artifacts(f"models:/{TEST_NAMES['classifier']}/1", dst_path=str(tmp_path / "clf"))
+    clf_uri = f"models:/{TEST_NAMES['classifier']}/1"
+    folder = mlflow.artifacts.download_artifacts(clf_uri, dst_path=str(tmp_path / "clf"))
     clf_file = Path(folder) / "artifacts" / "model.pt"
     with pytest.raises(R.RegistryError, match="holds a classifier|is a classifier"):
         R.download_encoder(clf_file)
@@ -207,7 +211,9 @@ def test_errors(store, model_files, tmp_path):
         R.load_model(tmp_path / "missing.pt")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU round trip is checked on GPU machines only")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device: the GPU round trip is checked on GPU machines only"
+)
 def test_round_trip_on_gpu(store, model_zoo):
     x = torch.randn(2, *INPUT_SHAPE)
     for kind in ("encoder", "classifier", "segmenter"):

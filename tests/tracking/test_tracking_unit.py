@@ -124,3 +124,20 @@ def test_classifier_model_name():
     assert R.classifier_model_name("NIH") == "cxr-classifier-nih"
     with pytest.raises(ValueError):
         R.classifier_model_name("../x")
+
+
+def test_phi_audit_skips_only_identical_copies_of_the_shipped_package(tmp_path):
+    import mlvicx_monai
+    from mlvicx_monai.tracking.audit import audit_artifacts
+
+    source = Path(mlvicx_monai.__file__).parent / "data" / "phantom" / "identity.py"
+    assert "BROWN" in source.read_text()  # the phantom's fake surnames: a real patient may be called Brown
+    shipped = tmp_path / "models" / "m-1" / "artifacts" / "code" / "mlvicx_monai" / "data" / "phantom"
+    shipped.mkdir(parents=True)
+    (shipped / "identity.py").write_bytes(source.read_bytes())
+    assert audit_artifacts(["Brown"], tmp_path) == []
+    (shipped / "identity.py").write_bytes(source.read_bytes() + b"\n# seen: Brown\n")  # altered: searched again
+    assert {h.location for h in audit_artifacts(["Brown"], tmp_path)} == {str(Path(shipped / "identity.py")
+                                                                               .relative_to(tmp_path))}
+    (tmp_path / "notes.py").write_bytes(source.read_bytes())  # the same bytes outside code/mlvicx_monai/: searched
+    assert any(h.location == "notes.py" for h in audit_artifacts(["Brown"], tmp_path))
