@@ -87,8 +87,8 @@ ERROR_CODES: Mapping[str, str] = MappingProxyType(
 #: Default memory limit per file: the stored pixel data its header declares (Rows x Columns x SamplesPerPixel x
 #: NumberOfFrames x BitsAllocated / 8), checked before any pixel data is read, inflated or decoded. 48 MiB (4900 x 4900
 #: x 16 bit) holds any real chest radiograph (a 43 x 43 cm detector at 100 um is 4300 x 4300 x 16 bit = 35 MiB) and
-#: keeps a worker under 1 GiB with the float64 grayscale pipeline, which peaks at ~15x the stored bytes
-#: (``python -m pipelines.benchmarks.ingest_memory``).
+#: keeps a worker under 1 GiB: reading a 4900 x 4900 file end to end peaks at 362 MiB, ~8x the stored bytes
+#: (``python -m pipelines.benchmarks.ingest_memory``, measured 2026-12-03).
 DEFAULT_MAX_PIXEL_BYTES: int = 48 * 2**20
 
 #: How the display range was chosen (:attr:`CXRMeta.voi`).

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -648,6 +649,20 @@ def _global_uris(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _link_metrics(client: Any, run_id: str, model_id: str, metrics: Mapping[str, float]) -> None:
+    """The test metrics on the LoggedModel (MLflow 3 model metrics). MLflow records a model metric in the run's
+    history as well, so a metric the run already logged is re-logged as its very entry (same value, step and
+    timestamp: the store keeps one row) and the run's curves get no extra point."""
+    for key, value in metrics.items():
+        value = float(value)
+        same = [m for m in client.get_metric_history(run_id, key) if math.isclose(m.value, value, rel_tol=1e-12)]
+        if same:
+            last = max(same, key=lambda m: (m.step, m.timestamp))
+            client.log_metric(run_id, key, last.value, timestamp=last.timestamp, step=last.step, model_id=model_id)
+        else:
+            client.log_metric(run_id, key, value, model_id=model_id)
+
+
 def _tag_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 5000 else text[:4997] + "..."
@@ -770,8 +785,7 @@ def log_and_register(
                 pip_requirements=_requirements(), model_config={"torch_device": "cpu"}, code_paths=[str(_PACKAGE)],
                 metadata={"mlvicx_kind": kind, "mlvicx_format": info.format},
             )
-    for key, value in (metrics or {}).items():  # the test metrics on the LoggedModel (MLflow 3 model metrics)
-        client.log_metric(run_id, key, float(value), model_id=logged.model_id)
+    _link_metrics(client, run_id, logged.model_id, metrics or {})
     if not register:
         return None
     if description is None:

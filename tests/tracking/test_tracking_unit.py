@@ -141,3 +141,17 @@ def test_phi_audit_skips_only_identical_copies_of_the_shipped_package(tmp_path):
                                                                                .relative_to(tmp_path))}
     (tmp_path / "notes.py").write_bytes(source.read_bytes())  # the same bytes outside code/mlvicx_monai/: searched
     assert any(h.location == "notes.py" for h in audit_artifacts(["Brown"], tmp_path))
+
+
+def test_model_metrics_go_to_the_logged_model_without_a_second_point_in_the_run(model_files, sqlite_uri):
+    client = mlflow.MlflowClient(sqlite_uri)
+    run_id = client.create_run(client.create_experiment("metric-link")).info.run_id
+    for step, loss in enumerate((3.0, 2.5)):
+        client.log_metric(run_id, "epoch/loss", loss, step=step, timestamp=1000 + step)
+    R.log_and_register(run_id, model_files["encoder"], "unused-name", register=False, tracking_uri=sqlite_uri,
+                       metrics={"epoch/loss": 2.5, "knn_auc": 0.71})
+    history = client.get_metric_history(run_id, "epoch/loss")
+    assert [(m.step, m.value) for m in history] == [(0, 3.0), (1, 2.5)]  # the run's curve is unchanged
+    (model,) = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])
+    linked = {(m.key, m.value, m.step) for m in model.metrics}  # (MLflow itself also links run metrics at Model.log)
+    assert {("epoch/loss", 2.5, 1), ("knn_auc", 0.71, 0)} <= linked
