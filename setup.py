@@ -37,6 +37,7 @@ setup(
         "scikit-learn>=1.3",
         "threadpoolctl>=3.1",  # one BLAS thread in the ingestion workers' resize (mlvicx_monai.data.resample)
         "scipy>=1.10",
+        "opencv-python-headless>=4.8",  # top-hats of the burned-in text detector (mlvicx_monai.data.burned_in)
         "pandas>=2.0",
         "numpy>=1.24",
         "pillow>=10.0",

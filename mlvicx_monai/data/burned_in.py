@@ -4,8 +4,8 @@ A cheap, measured detector (no OCR): burned-in labels are lines of high-contrast
 anatomy is not. On the display image (after VOI and MONOCHROME1 inversion), downsampled to at most
 :data:`WORK_SIDE` pixels:
 
-1. white and black morphological top-hats (``scipy.ndimage``, a square of ~1.2 % of the side) keep bright and dark
-   strokes narrower than a glyph cell and drop everything broad (bones, soft tissue, collimation);
+1. white and black morphological top-hats (a square of ~1.2 % of the side) keep bright and dark strokes narrower
+   than a glyph cell and drop everything broad (bones, soft tissue, collimation);
 2. a top-hat above ``contrast`` marks stroke pixels; connected components of glyph size and fill are glyphs;
 3. glyphs of similar height, overlapping vertically and separated by less than ~1.3 glyph heights, chain into text
    lines; a line of at least ``min_glyphs`` glyphs on one baseline (or one top line), wider than 2.5 glyph heights,
@@ -14,7 +14,8 @@ anatomy is not. On the display image (after VOI and MONOCHROME1 inversion), down
 Single lead markers ("L", "R") and two-letter view labels ("PA") are ignored by ``min_glyphs = 4``; a name, a date or
 an id has more. What it finds is reported as boxes and counts only: the text itself is never read (it is PHI).
 Measured (``python -m pipelines.benchmarks.burned_in_text``, 2026-12-03): 87.8 % of 400 rendered labels detected
-(98 % at high contrast, 64 % for text 1 % of the image high), 0 false positives on 64 clean radiographs (4 real).
+(98 % at high contrast, 64 % for text 1 % of the image high), 0 false positives on 64 clean radiographs (4 real),
+15 ms median per image on one core.
 Not an OCR (Tesseract would need a system package and reads the PHI it finds): it reports where, not what.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -55,6 +57,8 @@ def _work_image(image: np.ndarray) -> tuple[np.ndarray, float]:
             Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(size, Image.Resampling.BOX),
             dtype=np.float32,
         )
+    # Pillow's BOX, not cv2.resize(INTER_AREA): that is 6 ms faster on RG1 but not the same average (up to 0.034
+    # apart) and detected 350 instead of 351 of the benchmark's 400 labels.
     # 8 bits are plenty for stroke contrast and make the min/max filters ~1.5x faster than float32
     return np.round(np.clip(small, 0.0, 1.0) * 255.0).astype(np.uint8), scale
 
@@ -67,7 +71,8 @@ def _glyphs(strokes: np.ndarray, work: np.ndarray) -> list[tuple[int, int, int, 
     if count == 0 or count > 20000:  # no strokes, or texture everywhere (noise): no text lines to find
         return []
     boxes = []
-    areas = ndimage.sum_labels(strokes, labels, index=np.arange(1, count + 1))
+    # stroke pixels per component (what ndimage.sum_labels gives, ~10x faster: every labelled pixel is a stroke)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     for index, slc in enumerate(ndimage.find_objects(labels)):
         if slc is None:
             continue
@@ -153,8 +158,12 @@ def detect_burned_in_text(image: np.ndarray, *, min_glyphs: int = 4, contrast: f
     work, scale = _work_image(image)
     cell = max(5, round(max(work.shape) * 0.012)) | 1
     found: list[tuple[int, tuple[int, int, int, int]]] = []
-    for tophat in (ndimage.white_tophat, ndimage.black_tophat):
-        strokes = tophat(work, size=(cell, cell)) > round(contrast * 255)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (cell, cell))
+    for operation in (cv2.MORPH_TOPHAT, cv2.MORPH_BLACKHAT):
+        # OpenCV, not scipy.ndimage.white/black_tophat: bit-identical on uint8 with reflected borders (tested) and
+        # 35x faster (0.4 vs 14.6 ms per 768 px top-hat on 2 cores): the detector runs on every ingested image
+        tophat = cv2.morphologyEx(work, operation, kernel, borderType=cv2.BORDER_REFLECT)
+        strokes = tophat > round(contrast * 255)
         boxes = _glyphs(strokes, work)
         for members in _lines(boxes, min_glyphs):
             x0 = min(boxes[i][0] for i in members)

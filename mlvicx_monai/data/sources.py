@@ -96,7 +96,7 @@ class SourceImage:
 
 def _pixel_sha256(image: np.ndarray) -> str:
     digest = hashlib.sha256(f"{image.shape}:{image.dtype}".encode())
-    digest.update(np.ascontiguousarray(image).tobytes())
+    digest.update(memoryview(np.ascontiguousarray(image)).cast("B"))  # the array's own buffer, no copy
     return digest.hexdigest()
 
 

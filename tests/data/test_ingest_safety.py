@@ -123,6 +123,23 @@ def test_burned_in_text_detector_finds_labels_not_anatomy_or_lead_markers(testda
     assert detect_burned_in_text(marker) is None
 
 
+def test_opencv_top_hats_equal_scipys_on_the_detector_input(testdata):
+    import cv2
+    from scipy import ndimage
+
+    from mlvicx_monai.data.burned_in import _work_image
+
+    image, _ = load_cxr(testdata("RG1_UNCR.dcm"))
+    noisy = np.random.default_rng(0).integers(0, 256, (301, 257), dtype=np.uint8)  # odd sizes: every border case
+    for work in (_work_image(np.asarray(image, dtype=np.float32).squeeze())[0], noisy):
+        for cell in (5, 9, 11):
+            kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (cell, cell))
+            white = cv2.morphologyEx(work, cv2.MORPH_TOPHAT, kernel, borderType=cv2.BORDER_REFLECT)
+            black = cv2.morphologyEx(work, cv2.MORPH_BLACKHAT, kernel, borderType=cv2.BORDER_REFLECT)
+            assert np.array_equal(white, ndimage.white_tophat(work, size=(cell, cell)))
+            assert np.array_equal(black, ndimage.black_tophat(work, size=(cell, cell)))
+
+
 def test_secret_must_exist_unless_new_and_must_not_be_linked_into_out(tmp_path, secret_file):
     missing = tmp_path / "typo.secret"
     with pytest.raises(DeidSecretError, match="--new-secret"):
