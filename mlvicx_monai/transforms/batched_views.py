@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .view_config import TwoViewConfig
+from .view_config import TwoViewConfig, central_crop_size
 
 __all__ = ["BatchedTwoViewAugment", "ViewParams"]
 
@@ -161,13 +161,7 @@ class BatchedTwoViewAugment:
         fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
         first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first try that fits
         found = fits.any(dim=1)
-        in_ratio = width / height  # central fallback, as torchvision
-        if in_ratio < cfg.ratio[0]:
-            fw, fh = width, int(round(width / cfg.ratio[0]))
-        elif in_ratio > cfg.ratio[1]:
-            fh, fw = height, int(round(height * cfg.ratio[1]))
-        else:
-            fw, fh = width, height
+        fw, fh = central_crop_size(width, height, cfg.ratio)  # no try fits: the central crop, as torchvision
         w = torch.where(found, w.gather(1, first).squeeze(1), torch.full_like(found, fw, dtype=dtype))
         h = torch.where(found, h.gather(1, first).squeeze(1), torch.full_like(found, fh, dtype=dtype))
         top = torch.floor(uniform(0.0, 1.0) * (height - h + 1)).clamp_(max=height - h)

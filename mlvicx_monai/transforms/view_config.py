@@ -10,11 +10,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CROP_MODES", "TwoViewConfig"]
+__all__ = ["CROP_MODES", "TwoViewConfig", "central_crop_size"]
 
 #: interpolation of the random resized crop (VICReg uses bicubic; bilinear is cheaper and the default)
 CROP_MODES = ("bilinear", "bicubic")
 _PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def central_crop_size(width: int, height: int, ratio: Sequence[float]) -> tuple[int, int]:
+    """``(w, h)`` of the central crop a random resized crop falls back to when no try fits (torchvision's rule):
+    the whole image, clipped to the aspect-ratio range ``ratio`` (w / h)."""
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        return width, int(round(width / ratio[0]))
+    if in_ratio > ratio[1]:
+        return int(round(height * ratio[1])), height
+    return width, height
 
 
 def _pair(name: str, value: Sequence[float], low: float = 0.0) -> tuple[float, float]:

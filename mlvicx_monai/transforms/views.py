@@ -44,7 +44,7 @@ from monai.transforms import (
 from monai.utils import ensure_tuple_rep
 
 from .intensity import Normalize, RandBrightnessContrast, RandGaussianBlur, RandSolarize, _range
-from .view_config import TwoViewConfig
+from .view_config import TwoViewConfig, central_crop_size
 
 __all__ = ["RandResizedCrop", "TwoViewAugmentd", "eval_transform", "view_pipeline"]
 
@@ -124,13 +124,7 @@ class RandResizedCrop(RandomizableTransform):
                 top = int(self.R.randint(0, height - h + 1))
                 left = int(self.R.randint(0, width - w + 1))
                 return top, left, h, w
-        in_ratio = width / height  # fallback: central crop
-        if in_ratio < self.ratio[0]:
-            w, h = width, int(round(width / self.ratio[0]))
-        elif in_ratio > self.ratio[1]:
-            h, w = height, int(round(height * self.ratio[1]))
-        else:
-            w, h = width, height
+        w, h = central_crop_size(width, height, self.ratio)  # fallback: central crop
         return (height - h) // 2, (width - w) // 2, h, w
 
     def theta(self, height: int, width: int) -> torch.Tensor:
