@@ -623,15 +623,21 @@ def _requirements() -> list[str]:
     return reqs
 
 
+_PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
 @contextlib.contextmanager
 def _global_uris(uri: str) -> Iterator[None]:
     """MLflow's global tracking/registry URIs set to ``uri`` for a block (``Model.log`` and the ``models:/`` artifact
     repository read them), then restored with MLflow's public setters, environment variables included
-    (``mlflow.set_tracking_uri`` exports ``$MLFLOW_TRACKING_URI``)."""
+    (``mlflow.set_tracking_uri`` exports ``$MLFLOW_TRACKING_URI``). Artifact progress bars are off inside unless
+    ``$MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` is set."""
     import mlflow
     from mlflow.tracking import is_tracking_uri_set
 
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", _PROGRESS)}
+    # no per-file download bars in a job's log (Model.log re-reads the input example it just wrote), unless asked
+    os.environ.setdefault(_PROGRESS, "false")
     before_t = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
     before_r = mlflow.get_registry_uri()
     before_r = before_r if before_r != mlflow.get_tracking_uri() else None  # unset: it follows the tracking URI

@@ -81,14 +81,19 @@ def test_model_card_is_markdown_with_data_metrics_and_use(model_files):
 
 
 def test_global_uris_are_restored_with_public_apis(monkeypatch, sqlite_uri):
+    import os
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     with R._global_uris(sqlite_uri):
         assert mlflow.get_tracking_uri() == sqlite_uri == mlflow.get_registry_uri()
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"  # no download bars in a job's log
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
-    import os
-
-    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # the user's choice wins
+    with R._global_uris(sqlite_uri):
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"
 
 
 def test_summary_names_outputs_the_ui_command_and_the_next_step(sqlite_uri, tmp_path):
