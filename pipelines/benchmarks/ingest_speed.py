@@ -1,7 +1,7 @@
 """Ingestion speed and memory: our DICOM decode + resize + write, against dcmtk's ``dcm2pnm``, in one run.
 
     python -m pipelines.benchmarks.ingest_speed [--copies 24] [--pacs-n 24] [--pacs-size 1024] [--workers 1 2]
-        [--size 256] [--rounds 3] [--baseline DIR] [--stages]
+        [--size 256] [--rounds 3] [--baseline DIR] [--stages] [--no-text-detection]
 
 Two trees of DICOM files, every file a keepable frontal chest radiograph:
 
@@ -108,7 +108,8 @@ def _run_one(src: Path, out: Path, workers: int, size: int, secret: Path) -> Non
     from mlvicx_monai.data.ingest import IngestConfig, ingest
 
     cfg = IngestConfig(dataset="pacs", src=src, out=out, size=size, workers=workers, secret_file=secret,
-                       new_secret=True, progress=False)
+                       new_secret=True, progress=False,
+                       detect_burned_in_text=os.environ.get("MLVICX_BENCH_TEXT_DETECTION", "1") == "1")
     cpu0 = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
     start_ns = time.time_ns()
     start = time.perf_counter()
@@ -225,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another checkout of this repository whose ingestion runs in the same rounds")
     parser.add_argument("--stages", action="store_true", help="also time each stage of this tree's pixel work")
+    parser.add_argument("--no-text-detection", action="store_true",
+                        help="ingest without the burned-in text detector (what it costs; never for real exports)")
     args = parser.parse_args(argv)
     if shutil.which("dcm2pnm") is None:
         print("dcm2pnm (Debian package dcmtk) is not installed: apt-get install dcmtk", file=sys.stderr)
@@ -232,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.baseline is not None and not (args.baseline / "mlvicx_monai" / "data" / "ingest.py").is_file():
         print(f"--baseline {args.baseline} is not a checkout of this repository", file=sys.stderr)
         return 2
+    if args.no_text_detection:
+        os.environ["MLVICX_BENCH_TEXT_DETECTION"] = "0"  # read by the ingestion child processes
     from pydicom.data import get_testdata_file
 
     rg1 = get_testdata_file("RG1_UNCR.dcm")
