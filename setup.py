@@ -47,6 +47,6 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-timeout>=2.2", "pydicom-data>=1.0", "ruff>=0.6"],
+        "test": ["pytest>=8.0", "pytest-timeout>=2.2", "pytest-xdist>=3.5", "pydicom-data>=1.0", "ruff>=0.6"],
     },
 )

@@ -40,19 +40,25 @@ def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("downstream")
 
 
+def _demo(work: Path, layout: str, n_images: int) -> Path:
+    """The demo under ``work/data``, pseudonymised with the bundles' secret (:func:`bundle_env`), whichever test asks
+    first: a test's own ``$MLVICX_DEID_SECRET_FILE`` would otherwise change the patients' pseudonyms, so the splits."""
+    root = work / "data"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLVICX_DEID_SECRET_FILE", bundle_env(work)["MLVICX_DEID_SECRET_FILE"])
+        prepare_data("demo", root, layout=layout, n_images=n_images, seed=0, raw_size=128, cache_size=64, workers=1)
+    return root
+
+
 @pytest.fixture(scope="session")
 def nih_demo(work) -> Path:
     """dataset_dir holding a 64-image NIH-layout demo (as the bundle's --demo_* overrides in TINY_CLASSIFY ask)."""
-    root = work / "data"
-    prepare_data("demo", root, layout="nih", n_images=64, seed=0, raw_size=128, cache_size=64, workers=1)
-    return root
+    return _demo(work, "nih", 64)
 
 
 @pytest.fixture(scope="session")
 def siim_demo(work) -> Path:
-    root = work / "data"
-    prepare_data("demo", root, layout="siim", n_images=60, seed=0, raw_size=128, cache_size=64, workers=1)
-    return root
+    return _demo(work, "siim", 60)
 
 
 @pytest.fixture(scope="session")

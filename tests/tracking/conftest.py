@@ -128,26 +128,6 @@ def _no_outside_store() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(autouse=True)
-def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Per test: no MLFLOW_TRACKING_URI (``mlflow.set_tracking_uri``, e.g. in ``runs.get_client``, exports it, so an
-    earlier test's store would otherwise win over the URI a test passes), a private registry download cache, and
-    MLflow's global tracking/registry URIs restored after."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv("MLVICX_REGISTRY_CACHE", str(tmp_path / "registry-cache"))
-    tracking, registry = tracking_utils._tracking_uri, registry_utils._registry_uri
-    yield
-    # restore MLflow's module state directly: mlflow.set_tracking_uri() would export $MLFLOW_TRACKING_URI (to the
-    # default store when nothing was set), and that would redirect every later test of the session
-    tracking_utils._tracking_uri, registry_utils._registry_uri = tracking, registry
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
-
-
 # ------------------------------------------------------------------------------ models and fresh-process loading
 
 #: Registered names used by the tests, per kind.
