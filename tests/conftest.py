@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per worker process (torch/OpenMP/BLAS read this on import): the suite runs on as many
+    # workers as cores, and two threads each would oversubscribe them
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
 
 @pytest.fixture(autouse=True)
 def _isolated_mlflow(tmp_path: Path) -> Iterator[None]:
