@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# no MLflow usage telemetry from the tests or the processes they start (an offline CI machine would have each
+# process try, and wait on, Databricks' endpoints); DO_NOT_TRACK survives the tests that drop MLFLOW_* variables
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one intra-op thread per worker process (torch/OpenMP/BLAS read this on import): the suite runs on as many
     # workers as cores, and two threads each would oversubscribe them
