@@ -124,4 +124,3 @@ def test_pretrain_classify_register_promote_load_and_deploy(store, tmp_path, fre
     for ident, probs in reference.items():
         np.testing.assert_allclose(deployed[ident], probs, atol=2e-6)
     assert len(list((tmp_path / "runs" / "infer" / "heatmaps").glob("*.png"))) == len(deployed)
-
